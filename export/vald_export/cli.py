@@ -1,0 +1,24 @@
+"""Sub-commands of ``vald`` that need the export extra (torch, diffusers, transformers, onnx)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from vald.config import Precision
+
+
+def main(args: argparse.Namespace) -> int:
+    """Dispatch ``export`` and ``make-tiny-model``."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only; never reach for a hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if args.command == "make-tiny-model":
+        from vald_export.tiny import make_tiny_model
+
+        print(make_tiny_model(args.out, seed=args.seed))
+        return 0
+    from vald_export.export import export_model
+
+    precisions = tuple(Precision(p) for p in (args.precision or ["fp32", "fp16"]))
+    print(export_model(args.model_dir, args.out, opset=args.opset, max_length=args.max_length, precisions=precisions))
+    return 0

@@ -1,0 +1,154 @@
+"""``vald export``: a diffusers folder -> ONNX graphs per component and precision, checked, with a manifest."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from vald.config import Precision
+from vald.errors import ModelError
+from vald.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from vald.sessions.torch_ref import load_modules
+from vald.spec import Component, ComponentSpec, specs
+
+from vald_export.model_folder import ModelFolder
+from vald_export.onnx_export import convert_fp16, export_fp32
+from vald_export.verify import check_graph
+
+Log = Callable[[str], None]
+
+
+def _example_inputs(
+    spec: ComponentSpec, batch: int, sizes: dict[str, int], vocab: int, gen: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """Random inputs of the spec's shapes; symbolic dims from ``sizes`` (``B`` = ``batch``)."""
+    tensors = []
+    for t in spec.inputs:
+        shape = [batch if d == "B" else sizes[d] if isinstance(d, str) else d for d in t.shape]
+        if t.dtype == "int64":
+            tensors.append(torch.randint(0, vocab, shape, generator=gen))
+        elif t.name == "timestep":
+            tensors.append(torch.randint(0, 1000, shape, generator=gen).float())
+        else:
+            tensors.append(torch.randn(shape, generator=gen))
+    return tuple(tensors)
+
+
+def _save_tokenizer(folder: ModelFolder, out: Path, max_length: int) -> tuple[dict[str, str], int, int]:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder.root / "tokenizer", local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"tokenizer/ cannot be loaded: {exc}") from None
+    tok.save_pretrained(out / "tokenizer")
+    if not (out / "tokenizer" / "tokenizer.json").is_file():
+        raise ModelError("tokenizer/ is not a fast tokenizer (no tokenizer.json could be written)")
+    if tok.pad_token_id is None:
+        raise ModelError("tokenizer has no pad token; prompts are padded to a fixed length")
+    length = min(max_length, int(tok.model_max_length))
+    files = {f"tokenizer/{p.name}": sha256_file(p) for p in sorted((out / "tokenizer").iterdir())}
+    return files, int(tok.pad_token_id), length
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("vald", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def export_model(
+    model_dir: Path,
+    out: Path,
+    *,
+    opset: int = 17,
+    max_length: int = 77,
+    precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
+    log: Log = print,
+) -> Path:
+    """Export, verify and write ``out/manifest.json``; the folder appears only when all succeeded."""
+    folder = ModelFolder.open(model_dir)
+    stage = out.parent / f".{out.name}.partial"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    tok_files, pad_id, length = _save_tokenizer(folder, stage, max_length)
+    modules = load_modules(folder.root)
+    f = folder.vae_scale_factor
+    model: dict[str, Any] = {
+        "image_channels": int(folder.vae_config.get("in_channels", 3)),
+        "latent_channels": int(folder.vae_config.get("latent_channels", 4)),
+        "hidden_size": int(folder.text_config["hidden_size"]),
+        "image_size": int(folder.unet_config["sample_size"]) * f,
+        "vae_scale_factor": f,
+        "scaling_factor": float(folder.vae_config.get("scaling_factor", 0.18215)),
+        "shift_factor": float(folder.vae_config.get("shift_factor") or 0.0),
+        "max_length": length,
+        "pad_id": pad_id,
+    }
+    component_specs = specs(
+        image_channels=model["image_channels"],
+        latent_channels=model["latent_channels"],
+        hidden_size=model["hidden_size"],
+    )
+    sizes: dict[str, int] = {"S": length, "H": model["image_size"], "W": model["image_size"]}
+    sizes |= {"h": model["image_size"] // f, "w": model["image_size"] // f}
+    vocab = int(folder.text_config.get("vocab_size", 100))
+    gen = torch.Generator().manual_seed(0)
+    components: dict[str, Any] = {}
+    for component in Component:
+        spec, module = component_specs[component], modules[component]
+        entry: dict[str, Any] = {
+            "inputs": [t.to_json() for t in spec.inputs],
+            "outputs": [t.to_json() for t in spec.outputs],
+            "opset": opset,
+            "precisions": {},
+        }
+        fp32_path = stage / "fp32" / f"{component}.onnx"
+        check_inputs = _example_inputs(spec, 2, sizes, vocab, gen)  # batch 2: exercises the dynamic axis
+        for precision in precisions:
+            started = time.perf_counter()
+            path = stage / precision.value / f"{component}.onnx"
+            if precision is Precision.FP32 or not fp32_path.exists():
+                files = export_fp32(module, _example_inputs(spec, 1, sizes, vocab, gen), spec, fp32_path, opset)
+            if precision is Precision.FP16:
+                files = convert_fp16(fp32_path, path)
+            report = check_graph(module, check_inputs, spec, path, precision)
+            entry["precisions"][precision.value] = {
+                "files": {str(p.relative_to(stage)): sha256_file(p) for p in files},
+                "parity_vs_torch": {"max_abs_error": report.max_abs_error, "relative_error": report.relative_error},
+            }
+            log(
+                f"{component} {precision}: exported and checked in {time.perf_counter() - started:.1f}s "
+                f"(max abs error vs torch {report.max_abs_error:.2e})"
+            )
+        if Precision.FP32 not in precisions:
+            shutil.rmtree(stage / "fp32", ignore_errors=True)  # only used as the FP16 source
+            entry["precisions"].pop(Precision.FP32.value, None)
+        components[component.value] = entry
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "created_unix": int(time.time()),
+        "source": {"path": str(folder.root.resolve()), "sha256": folder.sha256()},
+        "model": model,
+        "scheduler": folder.scheduler_config,
+        "tokenizer": {"files": tok_files},
+        "components": components,
+        "versions": _versions(),
+        "exported_on": {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+    }
+    (stage / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)
+    return out / MANIFEST_NAME

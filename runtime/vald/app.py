@@ -1,0 +1,93 @@
+"""Use cases behind the CLI: open an engine folder, make one counterfactual and write its outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vald import __version__
+from vald.config import RunConfig
+from vald.imageio import Letterbox, read_image
+from vald.manifest import Manifest
+from vald.outputs import write_outputs
+from vald.pipeline import Engines, counterfactual
+from vald.render import CAUTION
+from vald.schedules import NoiseSchedule
+from vald.sessions import open_sessions
+from vald.tokenizer import PromptTokenizer
+
+
+def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = None) -> tuple[Engines, dict[str, Any]]:
+    """Verify the engine folder against its manifest, open sessions; also return provenance for results."""
+    manifest = Manifest.load(engine_dir)
+    hashes = manifest.verify(cfg.precision)
+    info = manifest.model
+    tokenizer = PromptTokenizer(engine_dir / "tokenizer", max_length=info.max_length, pad_id=info.pad_id)
+    engines = Engines(
+        sessions=open_sessions(manifest, cfg, model_dir=model_dir),
+        tokenizer=tokenizer,
+        model=info,
+        schedule=NoiseSchedule.from_config(manifest.scheduler_config),
+    )
+    provenance = {"model_sha256": manifest.model_sha256, "engine_files_sha256": hashes}
+    return engines, provenance
+
+
+def versions() -> dict[str, str]:
+    """Versions of vald, Python and the packages that shape the numbers."""
+    found = {"vald": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for package in ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "pillow", "torch", "diffusers"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_one(
+    image_path: Path,
+    out_root: Path,
+    engines: Engines,
+    provenance: dict[str, Any],
+    cfg: RunConfig,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Counterfactual and attribution map of one image, written under ``out_root/<input hash>/``."""
+    started = time.perf_counter()
+    native = read_image(image_path)
+    digest = hashlib.sha256(image_path.read_bytes()).hexdigest()
+    box = Letterbox.fit(native.shape, engines.model.image_size)
+    model_input = box.to_model(native)
+    cf_model, timings = counterfactual(engines, model_input, cfg, on_step=on_step)
+    signed_map = box.to_native(model_input - cf_model)
+    cf_native = box.to_native(cf_model)
+    settings = {k: (str(v) if not isinstance(v, (int, float)) else v) for k, v in asdict(cfg).items()}
+    settings.pop("prompt")
+    settings.pop("negative_prompt")
+    result = {
+        "caution": CAUTION,
+        "input": {"sha256": digest, "shape": list(native.shape), "model_size": engines.model.image_size},
+        "settings": settings,
+        "prompt_sha256": _sha(cfg.prompt),
+        "negative_prompt_sha256": _sha(cfg.negative_prompt),
+        "attribution": "signed map M = input - counterfactual, computed at model resolution, resized to native",
+        "timings_s": {**timings.stages, "total": time.perf_counter() - started},
+        "versions": versions(),
+        **provenance,
+    }
+    out_dir = out_root / digest[:16]
+    write_outputs(out_dir, native, cf_native, signed_map.astype(np.float32), result)
+    return out_dir

@@ -1,0 +1,102 @@
+"""The ``vald`` command line.  Errors print one line (no traceback) and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vald.config import Backend, Precision, Provider, RunConfig, SchedulerKind
+from vald.errors import ValdError
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="normal counterfactual and attribution map of an image")
+    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF)")
+    p.add_argument("--engines", type=Path, required=True, help="engine folder written by `vald export`")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per input, named by hash)")
+    p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
+    p.add_argument("--model", type=Path, help="source diffusers folder for --backend torch")
+    p.add_argument("--strength", type=float, help="fraction of the schedule re-noised, (0, 1] (default 0.6)")
+    p.add_argument("--steps", type=int, help="sampler steps of the full schedule (default 50)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale >= 1 (default 7.0)")
+    p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
+    p.add_argument("--prompt", help="target (normal) prompt")
+    p.add_argument("--negative-prompt", help="negative / unconditional prompt (default empty)")
+    p.add_argument("--seed", type=int, help="noise seed (default 0)")
+    p.add_argument("--scheduler", choices=[s.value for s in SchedulerKind])
+    p.add_argument("--backend", choices=[b.value for b in Backend])
+    p.add_argument("--provider", choices=[x.value for x in Provider])
+    p.add_argument("--precision", choices=[x.value for x in Precision])
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("export", help="diffusers folder -> ONNX engines + manifest (needs vald[export])")
+    p.add_argument("model_dir", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--max-length", type=int, default=77, help="prompt tokens (default 77, as Stable Diffusion)")
+    p.add_argument("--precision", action="append", choices=[x.value for x in Precision], help="repeatable")
+    p = sub.add_parser("make-tiny-model", help="write a small random-weight diffusers folder (tests, demo)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used by the README's CLI reference)."""
+    parser = argparse.ArgumentParser(prog="vald", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _run_parser(sub)
+    _export_parser(sub)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vald.app import open_engines, run_one
+
+    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    cfg = cfg.replace(
+        strength=args.strength,
+        steps=args.steps,
+        guidance=args.guidance,
+        eta=args.eta,
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        seed=args.seed,
+        scheduler=args.scheduler,
+        backend=args.backend,
+        provider=args.provider,
+        precision=args.precision,
+    )
+    engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
+
+    def progress(step: int, total: int) -> None:
+        print(f"\rdenoising step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+
+    out_dir = run_one(args.image, args.out, engines, provenance, cfg, on_step=None if args.quiet else progress)
+    print(out_dir)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vald`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        try:
+            from vald_export import cli as export_cli  # the export tool is a separate, torch-using package
+        except ImportError as exc:
+            raise ValdError(
+                f"`vald {args.command}` needs the export extra: pip install 'vald[export]' ({exc})"
+            ) from None
+        return export_cli.main(args)
+    except ValdError as exc:
+        print(f"vald: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

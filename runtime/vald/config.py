@@ -1,0 +1,139 @@
+"""Run settings: frozen, keyword-only, validated once on creation, loadable from TOML."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vald.errors import ConfigError
+
+DEFAULT_PROMPT = "normal chest radiograph, no acute cardiopulmonary abnormality"
+
+
+class SchedulerKind(StrEnum):
+    """Samplers vald implements."""
+
+    DDIM = "ddim"
+    DPMPP_2M = "dpmpp-2m"
+
+
+class Backend(StrEnum):
+    """Inference backends behind the session protocol."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TORCH = "torch"
+
+
+class Provider(StrEnum):
+    """Where a backend runs: ONNX Runtime execution providers, or the torch device."""
+
+    CPU = "cpu"
+    CUDA = "cuda"
+    TENSORRT = "tensorrt"
+
+
+class Precision(StrEnum):
+    """Weight and compute precision of the networks."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _as_enum(kind: type[E], value: object, field: str) -> E:
+    if isinstance(value, kind):
+        return value
+    try:
+        return kind(str(value))
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise ConfigError(f"{field}={value!r} is not one of: {allowed}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Everything that decides one counterfactual (with the engines and the input).
+
+    ``strength`` in (0, 1] is the fraction of the schedule that is re-noised and
+    denoised (img2img); ``guidance`` >= 1 is the classifier-free guidance scale
+    (1 = conditional only); ``eta`` in [0, 1] is DDIM's stochasticity.
+    """
+
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = ""
+    strength: float = 0.6
+    steps: int = 50
+    guidance: float = 7.0
+    eta: float = 0.0
+    seed: int = 0
+    scheduler: SchedulerKind = SchedulerKind.DDIM
+    backend: Backend = Backend.ONNXRUNTIME
+    provider: Provider = Provider.CPU
+    precision: Precision = Precision.FP32
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "scheduler", _as_enum(SchedulerKind, self.scheduler, "scheduler"))
+        set_(self, "backend", _as_enum(Backend, self.backend, "backend"))
+        set_(self, "provider", _as_enum(Provider, self.provider, "provider"))
+        set_(self, "precision", _as_enum(Precision, self.precision, "precision"))
+        for name, kind in (("prompt", str), ("negative_prompt", str)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be text")
+        _check_number(self, "strength", float, low=0.0, low_open=True, high=1.0)
+        _check_number(self, "steps", int, low=1)
+        _check_number(self, "guidance", float, low=1.0)
+        _check_number(self, "eta", float, low=0.0, high=1.0)
+        _check_number(self, "seed", int, low=0, high=2**63 - 1)
+
+    def replace(self, **changes: Any) -> RunConfig:
+        """A copy with ``changes`` applied (``None`` values ignored), validated again."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from a flat mapping; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_toml(cls, path: Path) -> RunConfig:
+        """Load a TOML file of top-level keys (the same names as the CLI options)."""
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
+        return cls.from_mapping(data)
+
+
+def _check_number(
+    cfg: RunConfig,
+    name: str,
+    kind: type,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{name}={value!r} must be {'an integer' if kind is int else 'a number'}")
+    if kind is float:
+        object.__setattr__(cfg, name, float(value))
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        lo = "(" if low_open else "["
+        raise ConfigError(f"{name}={value!r} is out of range; expected {lo}{low}, {high if high is not None else '∞'}]")

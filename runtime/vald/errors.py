@@ -1,0 +1,36 @@
+"""The one exception hierarchy of vald.
+
+Every error a user can cause derives from :class:`ValdError`; the CLI prints
+its message (no traceback) and exits non-zero.  Messages name the field, the
+value and what was expected, and never carry patient data.
+"""
+
+from __future__ import annotations
+
+
+class ValdError(Exception):
+    """Base class of every error vald raises on purpose."""
+
+
+class ConfigError(ValdError):
+    """A setting is missing, unknown or out of range."""
+
+
+class InputError(ValdError):
+    """An input file (image, model folder) cannot be used."""
+
+
+class ModelError(InputError):
+    """A model folder is missing, malformed or internally inconsistent."""
+
+
+class EngineMismatchError(ValdError):
+    """Engine files do not match their manifest (hash, I/O names, shapes)."""
+
+
+class BackendUnavailableError(ValdError):
+    """The chosen backend or execution provider is not installed here."""
+
+
+class ParityError(ValdError):
+    """An exported component disagrees with its PyTorch source beyond tolerance."""

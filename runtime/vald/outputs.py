@@ -1,0 +1,62 @@
+"""Writing results atomically: counterfactual PNG, signed map NPY, triptych PNG, result.json."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from vald.render import triptych
+
+COUNTERFACTUAL = "counterfactual.png"
+ATTRIBUTION = "attribution.npy"
+TRIPTYCH = "triptych.png"
+RESULT = "result.json"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename over it (no half-written outputs)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def png16(image01: NDArray[np.float32]) -> bytes:
+    """A 16-bit greyscale PNG of an image in [0, 1]."""
+    buf = io.BytesIO()
+    Image.fromarray((np.clip(image01, 0, 1) * 65535 + 0.5).astype(np.uint16)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_outputs(
+    out_dir: Path,
+    input01: NDArray[np.float32],
+    counterfactual01: NDArray[np.float32],
+    signed_map: NDArray[np.float32],
+    result: Mapping[str, Any],
+) -> dict[str, Path]:
+    """Write the four outputs (native resolution); ``result.json`` last, so its presence means complete."""
+    paths = {name: out_dir / name for name in (COUNTERFACTUAL, ATTRIBUTION, TRIPTYCH, RESULT)}
+    write_atomic(paths[COUNTERFACTUAL], png16(counterfactual01))
+    buf = io.BytesIO()
+    np.save(buf, signed_map.astype(np.float32), allow_pickle=False)
+    write_atomic(paths[ATTRIBUTION], buf.getvalue())
+    buf = io.BytesIO()
+    triptych(input01, counterfactual01, signed_map).save(buf, format="PNG")
+    write_atomic(paths[TRIPTYCH], buf.getvalue())
+    write_atomic(paths[RESULT], (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
+    return paths

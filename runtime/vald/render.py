@@ -1,0 +1,80 @@
+"""Pictures for people: a diverging colour map, a heat-map overlay with a colour bar, the triptych."""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw, ImageFont
+
+CAUTION = "vald research output - not for diagnostic use"
+
+# Diverging blue-white-red anchors (ColorBrewer RdBu, reversed): value -1 .. +1.
+_ANCHORS = np.array(
+    [
+        [0.020, 0.188, 0.380],
+        [0.263, 0.576, 0.765],
+        [0.969, 0.969, 0.969],
+        [0.839, 0.376, 0.302],
+        [0.404, 0.000, 0.122],
+    ]
+)
+
+
+def diverging(values: NDArray[np.floating]) -> NDArray[np.float32]:
+    """Map values in [-1, 1] to RGB in [0, 1] (``[..., 3]``)."""
+    pos = (np.clip(values, -1.0, 1.0) + 1.0) / 2.0 * (len(_ANCHORS) - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, len(_ANCHORS) - 2)
+    frac = (pos - lo)[..., None]
+    rgb: NDArray[np.float32] = ((1 - frac) * _ANCHORS[lo] + frac * _ANCHORS[lo + 1]).astype(np.float32)
+    return rgb
+
+
+def symmetric_limit(signed_map: NDArray[np.float32]) -> float:
+    """Colour-scale limit: the 99.5th percentile of |M| (robust to a few extreme pixels), at least 1e-6."""
+    return max(float(np.percentile(np.abs(signed_map), 99.5)), 1e-6)
+
+
+def overlay(gray01: NDArray[np.float32], signed_map: NDArray[np.float32], vmax: float) -> NDArray[np.uint8]:
+    """Signed map over the grey image: colour by sign and size, opacity by |M| / vmax."""
+    base = np.repeat(gray01[..., None], 3, axis=-1)
+    norm = signed_map / vmax
+    alpha = np.clip(np.abs(norm), 0.0, 1.0)[..., None] * 0.85
+    rgb = (1 - alpha) * base + alpha * diverging(norm)
+    out: NDArray[np.uint8] = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
+def colour_bar(height: int, vmax: float, width: int = 64) -> Image.Image:
+    """A vertical bar from -vmax (bottom) to +vmax (top) with three labels."""
+    bar = diverging(np.linspace(1.0, -1.0, height))[:, None, :].repeat(16, axis=1)
+    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    canvas.paste(Image.fromarray((bar * 255).astype(np.uint8)), (2, 0))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for y, label in ((0, f"+{vmax:.3f}"), (height // 2 - 5, "0"), (height - 12, f"-{vmax:.3f}")):
+        draw.text((20, max(0, y)), label, fill=(255, 255, 255), font=font)
+    return canvas
+
+
+def triptych(
+    input01: NDArray[np.float32], counterfactual01: NDArray[np.float32], signed_map: NDArray[np.float32]
+) -> Image.Image:
+    """Input | counterfactual | overlay + colour bar, with titles and the caution line."""
+    h, w = input01.shape
+    vmax = symmetric_limit(signed_map)
+    panels = [
+        np.repeat((input01 * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1),
+        np.repeat((np.clip(counterfactual01, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1),
+        overlay(input01, signed_map, vmax),
+    ]
+    header, footer = 16, 16
+    bar = colour_bar(h, vmax)
+    canvas = Image.new("RGB", (3 * w + bar.width, h + header + footer), (0, 0, 0))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for i, (panel, title) in enumerate(
+        zip(panels, ("input", "normal counterfactual", "input - counterfactual"), strict=True)
+    ):
+        canvas.paste(Image.fromarray(panel), (i * w, header))
+        draw.text((i * w + 4, 2), title, fill=(255, 255, 255), font=font)
+    canvas.paste(bar, (3 * w, header))
+    draw.text((4, h + header + 2), CAUTION, fill=(255, 200, 0), font=font)
+    return canvas

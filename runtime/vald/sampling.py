@@ -1,0 +1,116 @@
+"""Samplers: pure functions over a denoiser.
+
+A *denoiser* is any callable ``denoiser(x_t, t) -> model_output`` where
+``x_t`` is a float32 latent batch ``[B, C, h, w]``, ``t`` an integer training
+timestep, and ``model_output`` has the shape of ``x_t`` and means what the
+schedule's ``prediction_type`` says (epsilon, v or x0).  The samplers know
+nothing about networks, guidance or backends.  Every random draw is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vald.schedules import DdimPlan, DpmPlan, PredictionType
+
+Array = NDArray[np.float32]
+Denoiser = Callable[[Array, int], Array]
+OnStep = Callable[[int, int], None]
+
+
+def add_noise(x0: Array, noise: Array, alpha_bar: float) -> Array:
+    """Forward diffusion q(x_t | x_0) = sqrt(alpha_bar) x_0 + sqrt(1 - alpha_bar) eps (DDPM eq. 4)."""
+    x_t: Array = (np.sqrt(alpha_bar) * x0 + np.sqrt(1.0 - alpha_bar) * noise).astype(np.float32)
+    return x_t
+
+
+def split_prediction(
+    model_output: Array, x_t: NDArray[np.floating], alpha_bar: float, prediction_type: PredictionType
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Return ``(x0_pred, eps)`` from a model output at ``alpha_bar`` (DDIM eq. 12 rearranged)."""
+    a, b = np.sqrt(alpha_bar), np.sqrt(1.0 - alpha_bar)
+    out, x = model_output.astype(np.float64), x_t.astype(np.float64)
+    if prediction_type is PredictionType.EPSILON:
+        return (x - b * out) / a, out
+    if prediction_type is PredictionType.V_PREDICTION:
+        return a * x - b * out, a * out + b * x
+    return out, (x - a * out) / b
+
+
+def sample_ddim(
+    denoiser: Denoiser,
+    x_t: Array,
+    plan: DdimPlan,
+    *,
+    eta: float = 0.0,
+    noises: Sequence[Array] | None = None,
+    on_step: OnStep | None = None,
+) -> Array:
+    """DDIM (Song et al. 2021, eq. 12 and 16) from ``x_t`` at ``plan.timesteps[0]`` down to x_0.
+
+    ``noises`` (one per step, shape of ``x_t``) is required when ``eta > 0``.
+    """
+    if eta > 0 and (noises is None or len(noises) < len(plan.timesteps)):
+        raise ValueError("sample_ddim with eta > 0 needs one noise array per step")
+    x = x_t.astype(np.float64)  # the state is kept in float64; the network sees float32
+    for i, t in enumerate(plan.timesteps):
+        alpha_bar_t, alpha_bar_prev = plan.alpha_bar[i], plan.alpha_bar_prev[i]
+        model_output = denoiser(x.astype(np.float32), int(t))
+        x0_pred, eps = split_prediction(model_output, x, alpha_bar_t, plan.prediction_type)
+        if plan.clip_sample_range is not None:
+            x0_pred = np.clip(x0_pred, -plan.clip_sample_range, plan.clip_sample_range)
+        # eq. 16: sigma_t(eta) = eta * sqrt((1 - a_prev)/(1 - a_t)) * sqrt(1 - a_t/a_prev)
+        variance = (1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)
+        std_dev = eta * np.sqrt(variance)
+        # eq. 12: x_{t-1} = sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps + sigma z
+        x_prev = np.sqrt(alpha_bar_prev) * x0_pred + np.sqrt(1 - alpha_bar_prev - std_dev**2) * eps
+        if eta > 0 and noises is not None:
+            x_prev = x_prev + std_dev * noises[i]
+        x = x_prev
+        if on_step is not None:
+            on_step(i + 1, len(plan.timesteps))
+    return x.astype(np.float32)
+
+
+def sample_dpmpp_2m(
+    denoiser: Denoiser,
+    x_t: Array,
+    plan: DpmPlan,
+    *,
+    on_step: OnStep | None = None,
+) -> Array:
+    """DPM-Solver++(2M), midpoint variant (Lu et al. 2022, arXiv:2211.01095, Alg. 2).
+
+    With ``alpha_s = 1/sqrt(1+sigma_s^2)``, ``sigma'_s = sigma_s alpha_s`` and
+    ``lambda = log(alpha/sigma')``, step ``s -> t`` with ``h = lambda_t - lambda_s`` is
+    ``x_t = (sigma'_t/sigma'_s) x_s - alpha_t (e^{-h} - 1) D``, where ``D`` is the
+    current x0 prediction (first order) or ``m0 + (m0 - m1) / (2 r0)`` (second order).
+    """
+    x = x_t.astype(np.float64)
+    previous: NDArray[np.float64] | None = None
+    lambdas: list[float] = []
+    for i, t in enumerate(plan.timesteps):
+        sigma_s, sigma_t = plan.sigmas[i], plan.sigmas[i + 1]
+        alpha_bar_s = 1.0 / (sigma_s**2 + 1.0)
+        m0, _ = split_prediction(denoiser(x.astype(np.float32), int(t)), x, alpha_bar_s, plan.prediction_type)
+        alpha_t = 1.0 / np.sqrt(sigma_t**2 + 1.0)
+        sig_t, sig_s = sigma_t * alpha_t, sigma_s / np.sqrt(sigma_s**2 + 1.0)
+        lambda_s = np.log(1.0 / np.sqrt(sigma_s**2 + 1.0)) - np.log(sig_s)
+        lambdas.append(float(lambda_s))
+        if sigma_t == 0.0:
+            x = m0  # lambda_t = inf: the first-order update reduces to x0_pred
+        else:
+            h = np.log(alpha_t) - np.log(sig_t) - lambda_s
+            if plan.orders[i] == 1 or previous is None:
+                d = m0
+            else:
+                r0 = (lambdas[-1] - lambdas[-2]) / h
+                d = m0 + 0.5 * (1.0 / r0) * (m0 - previous)
+            x = (sig_t / sig_s) * x - alpha_t * (np.exp(-h) - 1.0) * d
+        previous = m0
+        if on_step is not None:
+            on_step(i + 1, len(plan.timesteps))
+    return x.astype(np.float32)
