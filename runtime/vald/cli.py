@@ -72,8 +72,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
 
+    tty = sys.stderr.isatty()
+
     def progress(step: int, total: int) -> None:
-        print(f"\rdenoising step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+        if tty:
+            print(f"\rdenoising step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+        elif step == total or step % max(1, total // 10) == 0:
+            print(f"denoising step {step}/{total}", file=sys.stderr, flush=True)
 
     out_dir = run_one(args.image, args.out, engines, provenance, cfg, on_step=None if args.quiet else progress)
     print(out_dir)

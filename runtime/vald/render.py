@@ -6,7 +6,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
+from vald.imageio import resize
+
 CAUTION = "vald research output - not for diagnostic use"
+MAX_PANEL = 768
 
 # Diverging blue-white-red anchors (ColorBrewer RdBu, reversed): value -1 .. +1.
 _ANCHORS = np.array(
@@ -58,7 +61,13 @@ def colour_bar(height: int, vmax: float, width: int = 64) -> Image.Image:
 def triptych(
     input01: NDArray[np.float32], counterfactual01: NDArray[np.float32], signed_map: NDArray[np.float32]
 ) -> Image.Image:
-    """Input | counterfactual | overlay + colour bar, with titles and the caution line."""
+    """Input | counterfactual | overlay + colour bar, with titles and the caution line.
+
+    Panels are shown at most ``MAX_PANEL`` pixels high (the full-resolution data is in the other outputs).
+    """
+    if input01.shape[0] > MAX_PANEL:
+        h, w = MAX_PANEL, max(1, round(input01.shape[1] * MAX_PANEL / input01.shape[0]))
+        input01, counterfactual01, signed_map = (resize(a, h, w) for a in (input01, counterfactual01, signed_map))
     h, w = input01.shape
     vmax = symmetric_limit(signed_map)
     panels = [
