@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+
 from vald.config import Precision
 from vald.errors import ModelError
 from vald.manifest import Manifest, sha256_file
@@ -83,3 +84,21 @@ def test_export_cli_reports_bad_folder(tmp_path: Path, capsys) -> None:
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert "no text_encoder/ sub-folder" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_parity_check_rejects_a_graph_that_disagrees_with_torch(engines: Path, tiny_model: Path) -> None:
+    """The export's own verification fails loudly when a graph and its module differ."""
+    import torch
+
+    from vald.errors import ParityError
+    from vald.sessions.torch_ref import load_modules
+    from vald_export.verify import check_graph
+
+    manifest = Manifest.load(engines)
+    module = load_modules(tiny_model)[Component.VAE_DECODER]
+    with torch.no_grad():
+        module.vae.post_quant_conv.bias.add_(0.5)  # the module no longer matches the exported graph
+    latent = (torch.randn(1, 4, 16, 16),)
+    graph = manifest.graph_path(Component.VAE_DECODER, Precision.FP32)
+    with pytest.raises(ParityError, match="vae_decoder fp32 disagrees with PyTorch: max abs error"):
+        check_graph(module, latent, manifest.specs[Component.VAE_DECODER], graph, Precision.FP32)

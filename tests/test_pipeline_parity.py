@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from vald.app import open_engines
 from vald.config import RunConfig
 from vald.imageio import Letterbox, read_image

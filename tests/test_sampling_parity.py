@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from vald.sampling import add_noise, sample_ddim, sample_dpmpp_2m
 from vald.schedules import NoiseSchedule, plan_ddim, plan_dpmpp_2m
 

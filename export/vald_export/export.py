@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from vald.config import Precision
 from vald.errors import ModelError
 from vald.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
 from vald.sessions.torch_ref import load_modules
 from vald.spec import Component, ComponentSpec, specs
-
 from vald_export.model_folder import ModelFolder
 from vald_export.onnx_export import convert_fp16, export_fp32
 from vald_export.verify import check_graph

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 import torch
+
 from vald.spec import ComponentSpec
 
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from vald.config import Precision
 from vald.errors import ParityError
 from vald.sessions.ort import OrtSession
