@@ -47,7 +47,8 @@ class Precision(StrEnum):
 E = TypeVar("E", bound=StrEnum)
 
 
-def _as_enum(kind: type[E], value: object, field: str) -> E:
+def as_enum(kind: type[E], value: object, field: str) -> E:
+    """``kind(value)``, or ConfigError naming ``field`` and the allowed values."""
     if isinstance(value, kind):
         return value
     try:
@@ -80,10 +81,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "scheduler", _as_enum(SchedulerKind, self.scheduler, "scheduler"))
-        set_(self, "backend", _as_enum(Backend, self.backend, "backend"))
-        set_(self, "provider", _as_enum(Provider, self.provider, "provider"))
-        set_(self, "precision", _as_enum(Precision, self.precision, "precision"))
+        set_(self, "scheduler", as_enum(SchedulerKind, self.scheduler, "scheduler"))
+        set_(self, "backend", as_enum(Backend, self.backend, "backend"))
+        set_(self, "provider", as_enum(Provider, self.provider, "provider"))
+        set_(self, "precision", as_enum(Precision, self.precision, "precision"))
         for name, kind in (("prompt", str), ("negative_prompt", str)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be text")

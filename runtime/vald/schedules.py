@@ -18,11 +18,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from vald.config import as_enum
 from vald.errors import ConfigError
 
 F64 = NDArray[np.float64]
@@ -90,25 +91,16 @@ class NoiseSchedule:
         return cls(
             alphas_cumprod=alphas_cumprod,
             num_train_timesteps=n,
-            spacing=_enum(Spacing, config["timestep_spacing"], "timestep_spacing")
+            spacing=as_enum(Spacing, config["timestep_spacing"], "scheduler timestep_spacing")
             if "timestep_spacing" in config
             else None,
             steps_offset=int(config.get("steps_offset", 0)),
-            prediction_type=_enum(PredictionType, config.get("prediction_type", "epsilon"), "prediction_type"),
+            prediction_type=as_enum(
+                PredictionType, config.get("prediction_type", "epsilon"), "scheduler prediction_type"
+            ),
             set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
             clip_sample_range=float(config.get("clip_sample_range", 1.0)) if clip else None,
         )
-
-
-E = TypeVar("E", bound=StrEnum)
-
-
-def _enum(kind: type[E], value: object, field: str) -> E:
-    try:
-        return kind(str(value))
-    except ValueError:
-        allowed = ", ".join(m.value for m in kind)
-        raise ConfigError(f"scheduler {field}={value!r} is not one of: {allowed}") from None
 
 
 def _betas(config: Mapping[str, Any], n: int) -> NDArray[np.float32]:
