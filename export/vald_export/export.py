@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vald.app import versions
 from vald.config import Precision
 from vald.errors import ModelError
 from vald.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
@@ -56,16 +55,6 @@ def _save_tokenizer(folder: ModelFolder, out: Path, max_length: int) -> tuple[di
     length = min(max_length, int(tok.model_max_length))
     files = {f"tokenizer/{p.name}": sha256_file(p) for p in sorted((out / "tokenizer").iterdir())}
     return files, int(tok.pad_token_id), length
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("vald", "torch", "diffusers", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
 
 
 def export_model(
@@ -144,7 +133,7 @@ def export_model(
         "scheduler": folder.scheduler_config,
         "tokenizer": {"files": tok_files},
         "components": components,
-        "versions": _versions(),
+        "versions": versions(("torch", "diffusers", "transformers", "onnx", "onnxruntime", "tokenizers")),
         "exported_on": {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
     (stage / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

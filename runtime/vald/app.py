@@ -41,10 +41,13 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
     return engines, provenance
 
 
-def versions() -> dict[str, str]:
-    """Versions of vald, Python and the packages that shape the numbers."""
+RUNTIME_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "pillow", "torch", "diffusers")
+
+
+def versions(packages: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str]:
+    """Versions of vald, Python, the platform and those of ``packages`` that are installed."""
     found = {"vald": __version__, "python": platform.python_version(), "platform": platform.platform()}
-    for package in ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "pillow", "torch", "diffusers"):
+    for package in packages:
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
