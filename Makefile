@@ -24,8 +24,8 @@ demo: setup
 	$(VENV)/bin/vald run build/samples/chest_cr.png --engines engines/tiny --out out/demo --steps 50 --strength 0.6
 
 lint: setup
-	$(VENV)/bin/ruff check runtime export tests benchmarks
-	$(VENV)/bin/ruff format --check runtime export tests benchmarks
+	$(VENV)/bin/ruff check runtime export training tests benchmarks
+	$(VENV)/bin/ruff format --check runtime export training tests benchmarks
 	$(VENV)/bin/mypy
 
 test: lint

@@ -38,7 +38,8 @@ def test_run_writes_outputs_that_read_back(engines: Path, chest_png: Path, tmp_p
     assert result["settings"]["backend"] == "onnxruntime" and result["settings"]["precision"] == "fp32"
     assert result["settings"]["seed"] == 0 and result["settings"]["scheduler"] == "ddim"
     assert result["settings"]["steps"] == 4
-    assert len(result["prompt_sha256"]) == 64 and "prompt" not in result["settings"]
+    assert len(result["settings"]["prompt_sha256"]) == 64 and "prompt" not in result["settings"]
+    assert result["settings"]["mode"] == "inversion" and result["settings"]["reference"] == "reconstruction"
     assert result["model_sha256"] and all(len(h) == 64 for h in result["engine_files_sha256"].values())
     assert {"unet", "vae_encoder", "vae_decoder", "text_encoder", "total"} <= set(result["timings_s"])
     assert "not for diagnostic use" in result["caution"]
@@ -49,7 +50,7 @@ def test_run_writes_outputs_that_read_back(engines: Path, chest_png: Path, tmp_p
 
 def test_config_file_settings_and_cli_override(engines: Path, small_png: Path, tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "vald.toml"
-    cfg.write_text('strength = 0.3\nsteps = 3\nscheduler = "dpmpp-2m"\nseed = 9\n')
+    cfg.write_text('mode = "img2img"\nstrength = 0.3\nsteps = 3\nscheduler = "dpmpp-2m"\nseed = 9\n')
     code, out, _ = _run(
         capsys, str(small_png), "--engines", str(engines), "--out", str(tmp_path), "--config", str(cfg), "--seed", "4"
     )

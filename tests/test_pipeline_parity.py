@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from vald.app import open_engines
+from vald.attribution import attribute
 from vald.config import RunConfig
 from vald.imageio import Letterbox, read_image
-from vald.pipeline import counterfactual, draw_noise
+from vald.pipeline import draw_noise
 
 pytest.importorskip("torch")
 
@@ -25,21 +26,30 @@ def _model_input(path: Path, size: int) -> np.ndarray:
 
 
 def _run(engines_dir: Path, image: Path, **settings: object) -> tuple[np.ndarray, np.ndarray]:
-    cfg = RunConfig(steps=20, strength=0.6, guidance=5.0, seed=11).replace(**settings)
+    cfg = RunConfig(mode="img2img", steps=20, strength=0.6, guidance=5.0, seed=11).replace(**settings)
     engines, _ = open_engines(engines_dir, cfg)
     x = _model_input(image, engines.model.image_size)
-    cf, _ = counterfactual(engines, x, cfg)
-    return cf, x - cf
+    result = attribute(engines, x, cfg)
+    return result.counterfactual, result.signed_map
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp-2m"])
-def test_onnxruntime_fp32_matches_torch_reference(engines: Path, chest_png: Path, scheduler: str) -> None:
-    cf_ort, map_ort = _run(engines, chest_png, scheduler=scheduler)
-    cf_ref, map_ref = _run(engines, chest_png, scheduler=scheduler, backend="torch")
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"scheduler": "ddim"},
+        {"scheduler": "dpmpp-2m"},
+        {"mode": "inversion"},
+        {"mode": "paired", "finding_prompt": "right lower zone consolidation", "average": 2},
+    ],
+    ids=["img2img-ddim", "img2img-dpmpp", "inversion", "paired"],
+)
+def test_onnxruntime_fp32_matches_torch_reference(engines: Path, chest_png: Path, settings: dict[str, object]) -> None:
+    cf_ort, map_ort = _run(engines, chest_png, **settings)
+    cf_ref, map_ref = _run(engines, chest_png, **settings, backend="torch")
     assert float(np.abs(cf_ort - cf_ref).max()) <= 1e-3
     assert _corr(map_ort, map_ref) >= 0.999
 
@@ -68,10 +78,10 @@ def test_matches_diffusers_img2img_pipeline_with_the_same_noise(
     import torch
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 
-    cfg = RunConfig(steps=20, strength=0.6, guidance=5.0, seed=5, backend="torch")
+    cfg = RunConfig(mode="img2img", steps=20, strength=0.6, guidance=5.0, seed=5, backend="torch")
     engines_t, _ = open_engines(engines, cfg)
     x = _model_input(small_png, engines_t.model.image_size)
-    ours, _ = counterfactual(engines_t, x, cfg)
+    ours = attribute(engines_t, x, cfg).counterfactual
 
     m = engines_t.model
     pixels = np.repeat((x * 2 - 1)[None, None], m.image_channels, axis=1).astype(np.float32)

@@ -50,14 +50,20 @@ WORDS = tuple(
     ]
 )
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+CHARS = tuple("abcdefghijklmnopqrstuvwxyz,.-0123456789")
 
 
-def write_tokenizer(folder: Path, max_length: int = 77) -> None:
-    """A BERT-style WordPiece tokenizer over :data:`WORDS`, saved with transformers (loads from the folder)."""
+def vocab_size(words: tuple[str, ...] = WORDS) -> int:
+    """Size of the vocabulary :func:`write_tokenizer` builds over ``words``."""
+    return len(SPECIAL) + len(words) + len(CHARS)
+
+
+def write_tokenizer(folder: Path, max_length: int = 77, words: tuple[str, ...] = WORDS) -> None:
+    """A BERT-style WordPiece tokenizer over ``words`` (and single characters), saved with transformers."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *WORDS, *"abcdefghijklmnopqrstuvwxyz,.-0123456789"])}
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL, *words, *CHARS])}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -85,10 +91,9 @@ def make_tiny_model(out: Path, *, seed: int = 0, image_channels: int = 1, hidden
     out.mkdir(parents=True, exist_ok=True)
     write_tokenizer(out / "tokenizer")
     torch.manual_seed(seed)
-    vocab_size = len(SPECIAL) + len(WORDS) + 39
     BertModel(
         BertConfig(
-            vocab_size=vocab_size,
+            vocab_size=vocab_size(),
             hidden_size=hidden,
             num_hidden_layers=2,
             num_attention_heads=2,

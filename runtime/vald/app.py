@@ -14,11 +14,14 @@ from typing import Any
 import numpy as np
 
 from vald import __version__
+from vald.attribution import attribute
 from vald.config import RunConfig
+from vald.errors import InputError
 from vald.imageio import Letterbox, read_image
+from vald.induce import induce
 from vald.manifest import Manifest
-from vald.outputs import write_outputs
-from vald.pipeline import Engines, counterfactual
+from vald.outputs import INDUCED, write_outputs
+from vald.pipeline import Engines
 from vald.render import CAUTION
 from vald.schedules import NoiseSchedule
 from vald.sessions import open_sessions
@@ -59,6 +62,16 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _settings(cfg: RunConfig) -> dict[str, Any]:
+    """Settings for result.json: prompts only as hashes (clinical text may identify a patient)."""
+    settings: dict[str, Any] = {k: (v if isinstance(v, (int, float)) else str(v)) for k, v in asdict(cfg).items()}
+    for name in ("prompt", "negative_prompt", "finding_prompt"):
+        settings[f"{name}_sha256"] = _sha(str(settings.pop(name)))
+    settings["reference"] = cfg.resolved_reference.value
+    settings["seeds"] = [cfg.seed + k for k in range(cfg.average)]
+    return settings
+
+
 def run_one(
     image_path: Path,
     out_root: Path,
@@ -74,23 +87,57 @@ def run_one(
     digest = hashlib.sha256(image_path.read_bytes()).hexdigest()
     box = Letterbox.fit(native.shape, engines.model.image_size)
     model_input = box.to_model(native)
-    cf_model, timings = counterfactual(engines, model_input, cfg, on_step=on_step)
-    signed_map = box.to_native(model_input - cf_model)
-    cf_native = box.to_native(cf_model)
-    settings = {k: (str(v) if not isinstance(v, (int, float)) else v) for k, v in asdict(cfg).items()}
-    settings.pop("prompt")
-    settings.pop("negative_prompt")
+    result_m = attribute(engines, model_input, cfg, on_step=on_step)
+    signed_map = box.to_native(result_m.signed_map)
+    cf_native = box.to_native(result_m.counterfactual)
     result = {
         "caution": CAUTION,
         "input": {"sha256": digest, "shape": list(native.shape), "model_size": engines.model.image_size},
-        "settings": settings,
-        "prompt_sha256": _sha(cfg.prompt),
-        "negative_prompt_sha256": _sha(cfg.negative_prompt),
-        "attribution": "signed map M = input - counterfactual, computed at model resolution, resized to native",
-        "timings_s": {**timings.stages, "total": time.perf_counter() - started},
+        "settings": _settings(cfg),
+        "attribution": (
+            f"signed map M = {cfg.resolved_reference.value} - counterfactual ({cfg.mode.value}), "
+            "computed at model resolution, resized to native"
+        ),
+        "timings_s": {**result_m.timings.stages, "total": time.perf_counter() - started},
         "versions": versions(),
         **provenance,
     }
     out_dir = out_root / digest[:16]
     write_outputs(out_dir, native, cf_native, signed_map.astype(np.float32), result)
+    return out_dir
+
+
+def induce_one(
+    image_path: Path,
+    mask_path: Path,
+    out_root: Path,
+    engines: Engines,
+    provenance: dict[str, Any],
+    cfg: RunConfig,
+    *,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Add ``cfg.prompt``'s finding inside the mask; outputs as ``run_one`` (the map is induced - input)."""
+    started = time.perf_counter()
+    native, mask_native = read_image(image_path), read_image(mask_path)
+    if mask_native.shape != native.shape:
+        raise InputError(
+            f"mask is {mask_native.shape[1]}x{mask_native.shape[0]}, image is {native.shape[1]}x{native.shape[0]}"
+        )
+    digest = hashlib.sha256(image_path.read_bytes() + mask_path.read_bytes()).hexdigest()
+    box = Letterbox.fit(native.shape, engines.model.image_size)
+    induced = induce(engines, box.to_model(native), box.to_model(mask_native), cfg, on_step=on_step)
+    change = box.to_native(induced.image) - box.to_native(box.to_model(native))
+    out_native = np.clip(native + change, 0.0, 1.0).astype(np.float32)
+    result = {
+        "caution": CAUTION,
+        "input": {"sha256": digest, "shape": list(native.shape), "model_size": engines.model.image_size},
+        "settings": {**_settings(cfg), "task": "induce"},
+        "attribution": "signed map = induced - input (masked img2img toward the finding prompt)",
+        "timings_s": {**induced.timings.stages, "total": time.perf_counter() - started},
+        "versions": versions(),
+        **provenance,
+    }
+    out_dir = out_root / digest[:16]
+    write_outputs(out_dir, native, out_native, (out_native - native).astype(np.float32), result, image_name=INDUCED)
     return out_dir

@@ -4,25 +4,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vald.config import Backend, Precision, Provider, RunConfig, SchedulerKind
+from vald.config import INDUCE_DEFAULTS, Backend, Mode, Precision, Provider, Reference, RunConfig, SchedulerKind
 from vald.errors import ValdError
 
+DEFAULT_ENGINES = Path("engines/demo")
 
-def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="normal counterfactual and attribution map of an image")
-    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF)")
-    p.add_argument("--engines", type=Path, required=True, help="engine folder written by `vald export`")
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engines",
+        type=Path,
+        default=DEFAULT_ENGINES,
+        help="engine folder written by `vald export` (default engines/demo)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per input, named by hash)")
     p.add_argument("--config", type=Path, help="TOML file with any of the settings below")
     p.add_argument("--model", type=Path, help="source diffusers folder for --backend torch")
-    p.add_argument("--strength", type=float, help="fraction of the schedule re-noised, (0, 1] (default 0.6)")
+    p.add_argument("--strength", type=float, help="fraction of the schedule re-noised, (0, 1]")
     p.add_argument("--steps", type=int, help="sampler steps of the full schedule (default 50)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale >= 1 (default 7.0)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale >= 1")
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
-    p.add_argument("--prompt", help="target (normal) prompt")
     p.add_argument("--negative-prompt", help="negative / unconditional prompt (default empty)")
     p.add_argument("--seed", type=int, help="noise seed (default 0)")
     p.add_argument("--scheduler", choices=[s.value for s in SchedulerKind])
@@ -30,6 +34,24 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--provider", choices=[x.value for x in Provider])
     p.add_argument("--precision", choices=[x.value for x in Precision])
     p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="normal counterfactual and attribution map of an image")
+    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF)")
+    _common(p)
+    p.add_argument("--prompt", help="target (normal) prompt")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="img2img, inversion (default) or paired")
+    p.add_argument(
+        "--reference", choices=[r.value for r in Reference], help="map against the input or the reconstruction"
+    )
+    p.add_argument("--finding-prompt", help="the finding's text (paired: required; inversion: inversion prompt)")
+    p.add_argument("--average", type=int, help="seeds averaged in img2img/paired (default 1)")
+    p = sub.add_parser("induce", help="add a named finding inside a mask (masked img2img)")
+    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF)")
+    p.add_argument("--mask", type=Path, required=True, help="mask image, same size as the input; white = inside")
+    p.add_argument("--prompt", required=True, help="the finding to add, e.g. 'left lower zone consolidation'")
+    _common(p)
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,30 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the README's CLI reference)."""
     parser = argparse.ArgumentParser(prog="vald", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    _run_parser(sub)
+    _run_parser(sub)  # also adds `induce`
     _export_parser(sub)
     return parser
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from vald.app import open_engines, run_one
+def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
+    cfg = RunConfig.from_toml(args.config) if args.config else base
+    names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
+    names += ["provider", "precision", "mode", "reference", "finding_prompt", "average"]
+    return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
-    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    cfg = cfg.replace(
-        strength=args.strength,
-        steps=args.steps,
-        guidance=args.guidance,
-        eta=args.eta,
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        seed=args.seed,
-        scheduler=args.scheduler,
-        backend=args.backend,
-        provider=args.provider,
-        precision=args.precision,
-    )
-    engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
 
+def _progress(quiet: bool) -> Callable[[int, int], None] | None:
+    if quiet:
+        return None
     tty = sys.stderr.isatty()
 
     def progress(step: int, total: int) -> None:
@@ -80,7 +93,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         elif step == total or step % max(1, total // 10) == 0:
             print(f"denoising step {step}/{total}", file=sys.stderr, flush=True)
 
-    out_dir = run_one(args.image, args.out, engines, provenance, cfg, on_step=None if args.quiet else progress)
+    return progress
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vald.app import induce_one, open_engines, run_one
+
+    base = INDUCE_DEFAULTS if args.command == "induce" else RunConfig()
+    cfg = _config(args, base)
+    engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
+    if args.command == "induce":
+        out_dir = induce_one(args.image, args.mask, args.out, engines, provenance, cfg, on_step=_progress(args.quiet))
+    else:
+        out_dir = run_one(args.image, args.out, engines, provenance, cfg, on_step=_progress(args.quiet))
     print(out_dir)
     return 0
 
@@ -89,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "induce"):
             return _cmd_run(args)
         try:
             from vald_export import cli as export_cli  # the export tool is a separate, torch-using package

@@ -22,6 +22,22 @@ class SchedulerKind(StrEnum):
     DPMPP_2M = "dpmpp-2m"
 
 
+class Mode(StrEnum):
+    """How the starting latent and the map are made (see :mod:`vald.attribution`)."""
+
+    IMG2IMG = "img2img"
+    INVERSION = "inversion"
+    PAIRED = "paired"
+
+
+class Reference(StrEnum):
+    """What the counterfactual is subtracted from: the input, or the model's own reconstruction."""
+
+    AUTO = "auto"
+    INPUT = "input"
+    RECONSTRUCTION = "reconstruction"
+
+
 class Backend(StrEnum):
     """Inference backends behind the session protocol."""
 
@@ -65,10 +81,18 @@ class RunConfig:
     ``strength`` in (0, 1] is the fraction of the schedule that is re-noised and
     denoised (img2img); ``guidance`` >= 1 is the classifier-free guidance scale
     (1 = conditional only); ``eta`` in [0, 1] is DDIM's stochasticity.
+    ``mode`` picks img2img, DDIM inversion or paired-noise; ``finding_prompt`` is
+    the finding's text (required by paired, optional inversion prompt);
+    ``average`` is the number of seeds averaged (img2img and paired);
+    ``reference`` AUTO means input for img2img and reconstruction otherwise.
     """
 
     prompt: str = DEFAULT_PROMPT
     negative_prompt: str = ""
+    mode: Mode = Mode.INVERSION
+    reference: Reference = Reference.AUTO
+    finding_prompt: str = ""
+    average: int = 1
     strength: float = 0.6
     steps: int = 50
     guidance: float = 7.0
@@ -81,18 +105,40 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
+        set_(self, "mode", as_enum(Mode, self.mode, "mode"))
+        set_(self, "reference", as_enum(Reference, self.reference, "reference"))
         set_(self, "scheduler", as_enum(SchedulerKind, self.scheduler, "scheduler"))
         set_(self, "backend", as_enum(Backend, self.backend, "backend"))
         set_(self, "provider", as_enum(Provider, self.provider, "provider"))
         set_(self, "precision", as_enum(Precision, self.precision, "precision"))
-        for name, kind in (("prompt", str), ("negative_prompt", str)):
-            if not isinstance(getattr(self, name), kind):
+        for name in ("prompt", "negative_prompt", "finding_prompt"):
+            if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be text")
         _check_number(self, "strength", float, low=0.0, low_open=True, high=1.0)
         _check_number(self, "steps", int, low=1)
         _check_number(self, "guidance", float, low=1.0)
         _check_number(self, "eta", float, low=0.0, high=1.0)
         _check_number(self, "seed", int, low=0, high=2**63 - 1)
+        _check_number(self, "average", int, low=1, high=64)
+        self._check_mode()
+
+    def _check_mode(self) -> None:
+        if self.mode is Mode.PAIRED and not self.finding_prompt.strip():
+            raise ConfigError("mode=paired needs finding_prompt (the finding's text, e.g. from the report)")
+        if self.mode is Mode.INVERSION:
+            if self.scheduler is not SchedulerKind.DDIM or self.eta != 0.0:
+                raise ConfigError("mode=inversion needs scheduler=ddim and eta=0 (the deterministic DDIM ODE)")
+            if self.average != 1:
+                raise ConfigError("average > 1 needs a stochastic mode (img2img or paired); inversion is deterministic")
+        if self.mode is Mode.PAIRED and self.reference is Reference.INPUT:
+            raise ConfigError("mode=paired compares two decodes; reference=input does not apply")
+
+    @property
+    def resolved_reference(self) -> Reference:
+        """The reference actually used (AUTO resolved by mode)."""
+        if self.reference is not Reference.AUTO:
+            return self.reference
+        return Reference.INPUT if self.mode is Mode.IMG2IMG else Reference.RECONSTRUCTION
 
     def replace(self, **changes: Any) -> RunConfig:
         """A copy with ``changes`` applied (``None`` values ignored), validated again."""
@@ -138,3 +184,7 @@ def _check_number(
     if too_low or too_high:
         lo = "(" if low_open else "["
         raise ConfigError(f"{name}={value!r} is out of range; expected {lo}{low}, {high if high is not None else '∞'}]")
+
+
+# Induction: img2img toward a finding inside a mask (stronger re-noising than attribution).
+INDUCE_DEFAULTS = RunConfig(mode=Mode.IMG2IMG, strength=0.8, guidance=7.0)

@@ -20,6 +20,7 @@ COUNTERFACTUAL = "counterfactual.png"
 ATTRIBUTION = "attribution.npy"
 TRIPTYCH = "triptych.png"
 RESULT = "result.json"
+INDUCED = "induced.png"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -48,10 +49,15 @@ def write_outputs(
     counterfactual01: NDArray[np.float32],
     signed_map: NDArray[np.float32],
     result: Mapping[str, Any],
+    *,
+    image_name: str = COUNTERFACTUAL,
 ) -> dict[str, Path]:
-    """Write the four outputs (native resolution); ``result.json`` last, so its presence means complete."""
-    paths = {name: out_dir / name for name in (COUNTERFACTUAL, ATTRIBUTION, TRIPTYCH, RESULT)}
-    write_atomic(paths[COUNTERFACTUAL], png16(counterfactual01))
+    """Write the four outputs (native resolution); ``result.json`` last, so its presence means complete.
+
+    ``image_name`` names the generated image's PNG (``induced.png`` for induction).
+    """
+    paths = {name: out_dir / name for name in (image_name, ATTRIBUTION, TRIPTYCH, RESULT)}
+    write_atomic(paths[image_name], png16(counterfactual01))
     buf = io.BytesIO()
     np.save(buf, signed_map.astype(np.float32), allow_pickle=False)
     write_atomic(paths[ATTRIBUTION], buf.getvalue())

@@ -1,9 +1,6 @@
-"""Counterfactual generation: chain the four sessions around a pure sampler.
+"""Building blocks that chain the sessions: prompt states, VAE encode/decode, the guided denoiser, noise.
 
-Abnormal image -> VAE encode -> noise to the strength's timestep -> guided
-denoising toward the target prompt -> VAE decode.  The attribution map is
-``M = input - counterfactual`` (signed; positive where the input is brighter
-than its normal counterfactual).
+:mod:`vald.attribution` assembles them into the three attribution modes.
 """
 
 from __future__ import annotations
@@ -15,11 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from vald.config import RunConfig, SchedulerKind
 from vald.errors import ValdError
 from vald.manifest import ModelInfo
-from vald.sampling import Array, Denoiser, OnStep, add_noise, sample_ddim, sample_dpmpp_2m
-from vald.schedules import NoiseSchedule, plan_ddim, plan_dpmpp_2m
+from vald.sampling import Array, Denoiser
+from vald.schedules import NoiseSchedule
 from vald.sessions import Session
 from vald.spec import Component
 from vald.tokenizer import PromptTokenizer
@@ -98,41 +94,25 @@ def from_model_pixels(images: Array) -> NDArray[np.float32]:
     return out
 
 
-def encode_prompts(engines: Engines, cfg: RunConfig, timings: Timings) -> tuple[Array, Array | None]:
-    """Text states of the target prompt and (when guiding) the negative prompt."""
-    guided = cfg.guidance > 1.0
-    ids = engines.tokenizer([cfg.negative_prompt, cfg.prompt] if guided else [cfg.prompt])
+def text_states(engines: Engines, texts: list[str], timings: Timings) -> Array:
+    """Text-encoder states ``[len(texts), L, hidden]`` of ``texts``."""
     encoder = engines.sessions[Component.TEXT_ENCODER]
-    states = timings.run("text_encoder", lambda: encoder.run({"input_ids": ids})["last_hidden_state"])
-    return (states[1:], states[:1]) if guided else (states, None)
+    ids = engines.tokenizer(texts)
+    return timings.run("text_encoder", lambda: encoder.run({"input_ids": ids})["last_hidden_state"])
 
 
-def counterfactual(
-    engines: Engines, image01: NDArray[np.float32], cfg: RunConfig, *, on_step: OnStep | None = None
-) -> tuple[NDArray[np.float32], Timings]:
-    """The normal counterfactual of a model-resolution image.
-
-    ``image01``: ``[S, S]`` float32 in [0, 1] with ``S = engines.model.image_size``.
-    Returns the counterfactual (same shape, [0, 1]) and per-stage timings.
-    """
-    m, timings = engines.model, Timings()
-    cond, uncond = encode_prompts(engines, cfg, timings)
+def encode_image(engines: Engines, image01: NDArray[np.float32], timings: Timings) -> Array:
+    """``[S, S]`` in [0, 1] -> scaled latents ``[1, C, h, w]`` (the posterior mean, as img2img pipelines)."""
+    m = engines.model
     pixels = to_model_pixels(image01, m.image_channels)
-    vae_enc, vae_dec = engines.sessions[Component.VAE_ENCODER], engines.sessions[Component.VAE_DECODER]
+    vae_enc = engines.sessions[Component.VAE_ENCODER]
     mean = timings.run("vae_encoder", lambda: vae_enc.run({"images": pixels})["latent_mean"])
-    latents = ((mean - m.shift_factor) * m.scaling_factor).astype(np.float32)
-    denoiser = make_denoiser(engines.sessions[Component.UNET], cond, uncond, cfg.guidance, timings)
-    start = time.perf_counter()
-    if cfg.scheduler is SchedulerKind.DDIM:
-        ddim = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
-        noises = draw_noise(cfg.seed, latents.shape, 1 + (len(ddim.timesteps) if cfg.eta > 0 else 0))
-        x_t = add_noise(latents, noises[0], ddim.start_alpha_bar)
-        x0 = sample_ddim(denoiser, x_t, ddim, eta=cfg.eta, noises=noises[1:], on_step=on_step)
-    else:
-        dpm = plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength)
-        x_t = add_noise(latents, draw_noise(cfg.seed, latents.shape, 1)[0], dpm.start_alpha_bar)
-        x0 = sample_dpmpp_2m(denoiser, x_t, dpm, on_step=on_step)
-    timings.stages["sampling"] = time.perf_counter() - start
-    z = (x0 / m.scaling_factor + m.shift_factor).astype(np.float32)
-    decoded = timings.run("vae_decoder", lambda: vae_dec.run({"latent": z})["images"])
-    return from_model_pixels(decoded), timings
+    return ((mean - m.shift_factor) * m.scaling_factor).astype(np.float32)
+
+
+def decode_latents(engines: Engines, latents: Array, timings: Timings) -> NDArray[np.float32]:
+    """Scaled latents ``[1, C, h, w]`` -> image ``[S, S]`` in [0, 1]."""
+    m = engines.model
+    z = (latents / m.scaling_factor + m.shift_factor).astype(np.float32)
+    vae_dec = engines.sessions[Component.VAE_DECODER]
+    return from_model_pixels(timings.run("vae_decoder", lambda: vae_dec.run({"latent": z})["images"]))

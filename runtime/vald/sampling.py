@@ -19,6 +19,7 @@ from vald.schedules import DdimPlan, DpmPlan, PredictionType
 Array = NDArray[np.float32]
 Denoiser = Callable[[Array, int], Array]
 OnStep = Callable[[int, int], None]
+Constrain = Callable[[NDArray[np.float64], int], NDArray[np.float64]]
 
 
 def add_noise(x0: Array, noise: Array, alpha_bar: float) -> Array:
@@ -48,10 +49,13 @@ def sample_ddim(
     eta: float = 0.0,
     noises: Sequence[Array] | None = None,
     on_step: OnStep | None = None,
+    constrain: Constrain | None = None,
 ) -> Array:
     """DDIM (Song et al. 2021, eq. 12 and 16) from ``x_t`` at ``plan.timesteps[0]`` down to x_0.
 
     ``noises`` (one per step, shape of ``x_t``) is required when ``eta > 0``.
+    ``constrain(x_prev, i)``, if given, replaces the state after step ``i`` (e.g. to
+    keep known latents outside a mask, as in masked img2img).
     """
     if eta > 0 and (noises is None or len(noises) < len(plan.timesteps)):
         raise ValueError("sample_ddim with eta > 0 needs one noise array per step")
@@ -69,9 +73,30 @@ def sample_ddim(
         x_prev = np.sqrt(alpha_bar_prev) * x0_pred + np.sqrt(1 - alpha_bar_prev - std_dev**2) * eps
         if eta > 0 and noises is not None:
             x_prev = x_prev + std_dev * noises[i]
-        x = x_prev
+        x = x_prev if constrain is None else constrain(x_prev, i)
         if on_step is not None:
             on_step(i + 1, len(plan.timesteps))
+    return x.astype(np.float32)
+
+
+def invert_ddim(denoiser: Denoiser, x0: Array, plan: DdimPlan, *, on_step: OnStep | None = None) -> Array:
+    """Deterministic DDIM inversion: run eq. 12 (eta = 0) backwards from ``x0`` up to ``plan.timesteps[0]``.
+
+    Step ``i`` (in reverse plan order) moves the state from ``alpha_bar_prev[i]`` to
+    ``alpha_bar[i]`` with the model evaluated at timestep ``t_i`` on the current,
+    less noisy state (the usual first-order approximation of the implicit update).
+    Sampling the result with the same plan and denoiser reconstructs ``x0``
+    up to that approximation.
+    """
+    x = x0.astype(np.float64)
+    n = len(plan.timesteps)
+    for k, i in enumerate(reversed(range(n))):
+        alpha_bar_from, alpha_bar_to = plan.alpha_bar_prev[i], plan.alpha_bar[i]
+        model_output = denoiser(x.astype(np.float32), int(plan.timesteps[i]))
+        x0_pred, eps = split_prediction(model_output, x, alpha_bar_from, plan.prediction_type)
+        x = np.sqrt(alpha_bar_to) * x0_pred + np.sqrt(1 - alpha_bar_to) * eps
+        if on_step is not None:
+            on_step(k + 1, n)
     return x.astype(np.float32)
 
 

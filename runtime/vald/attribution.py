@@ -1,0 +1,126 @@
+"""The three ways to make a normal counterfactual and its attribution map.
+
+All work on model-resolution images ``[S, S]`` float32 in [0, 1].  With ``z`` the
+VAE latent of the input and ``T`` the strength's timestep:
+
+- ``img2img`` (the paper's): ``x_T = sqrt(a_T) z + sqrt(1 - a_T) noise``; denoise
+  toward the target (normal) prompt with guidance; ``M = input - counterfactual``.
+- ``inversion`` (Wolleb et al. 2022): ``x_T`` from deterministic DDIM inversion of
+  ``z`` (unconditional, or conditioned on ``finding_prompt``); denoise toward the
+  target prompt; by default ``M = reconstruction - counterfactual`` where the
+  reconstruction denoises the same ``x_T`` with the inversion's own conditioning,
+  which cancels the VAE and inversion error that ``input - counterfactual`` keeps.
+- ``paired``: the same noised ``x_T`` denoised once toward ``finding_prompt`` and
+  once toward the target prompt; ``M`` = their decoded difference.
+
+``average`` > 1 repeats a stochastic mode with seeds ``seed, seed+1, ...`` and
+averages the decoded images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vald.config import Mode, Reference, RunConfig, SchedulerKind
+from vald.pipeline import Engines, Timings, decode_latents, draw_noise, encode_image, make_denoiser, text_states
+from vald.sampling import Array, Denoiser, OnStep, add_noise, invert_ddim, sample_ddim, sample_dpmpp_2m
+from vald.schedules import plan_ddim, plan_dpmpp_2m
+from vald.spec import Component
+
+F32 = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A counterfactual, what it is compared with, and the per-stage timings."""
+
+    counterfactual: F32
+    reference: F32
+    timings: Timings
+
+    @property
+    def signed_map(self) -> F32:
+        """``M = reference - counterfactual`` (positive where the finding adds brightness)."""
+        out: F32 = (self.reference - self.counterfactual).astype(np.float32)
+        return out
+
+
+class _Progress:
+    """Counts sampler steps over several passes and reports them as one sequence."""
+
+    def __init__(self, total: int, on_step: OnStep | None) -> None:
+        self.total, self.done, self.on_step = total, 0, on_step
+
+    def __call__(self, _step: int, _of: int) -> None:
+        self.done += 1
+        if self.on_step is not None:
+            self.on_step(self.done, self.total)
+
+
+def _sample(denoiser: Denoiser, x_t: Array, engines: Engines, cfg: RunConfig, seed: int, progress: _Progress) -> Array:
+    """Denoise ``x_t`` from the strength's timestep to x_0 with the configured sampler."""
+    if cfg.scheduler is SchedulerKind.DPMPP_2M:
+        return sample_dpmpp_2m(
+            denoiser, x_t, plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength), on_step=progress
+        )
+    plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
+    noises = draw_noise(seed + 7_919, x_t.shape, len(plan.timesteps)) if cfg.eta > 0 else None
+    return sample_ddim(denoiser, x_t, plan, eta=cfg.eta, noises=noises, on_step=progress)
+
+
+def _start_alpha_bar(engines: Engines, cfg: RunConfig) -> float:
+    if cfg.scheduler is SchedulerKind.DPMPP_2M:
+        return plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength).start_alpha_bar
+    return plan_ddim(engines.schedule, cfg.steps, cfg.strength).start_alpha_bar
+
+
+def _passes(cfg: RunConfig) -> int:
+    """Sampler passes the mode runs (for the progress total)."""
+    per_seed = 1 + (cfg.resolved_reference is Reference.RECONSTRUCTION)
+    if cfg.mode is Mode.INVERSION:
+        return 1 + per_seed
+    return cfg.average * per_seed
+
+
+def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep | None = None) -> Attribution:
+    """Counterfactual and reference of ``image01`` (``[S, S]`` in [0, 1], ``S = engines.model.image_size``)."""
+    timings = Timings()
+    steps_per_pass = _steps_per_pass(engines, cfg)
+    progress = _Progress(_passes(cfg) * steps_per_pass, on_step)
+    negative, target, source = np.split(
+        text_states(engines, [cfg.negative_prompt, cfg.prompt, cfg.finding_prompt], timings), 3
+    )
+    z = encode_image(engines, image01, timings)
+    unet = engines.sessions[Component.UNET]
+    to_target = make_denoiser(unet, target, negative, cfg.guidance, timings)
+    recon = cfg.resolved_reference is Reference.RECONSTRUCTION
+    starts: list[tuple[Array, int]]
+    if cfg.mode is Mode.INVERSION:
+        to_source = make_denoiser(unet, source if cfg.finding_prompt else negative, None, 1.0, timings)
+        plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
+        starts = [(invert_ddim(to_source, z, plan, on_step=progress), cfg.seed)]
+    else:
+        guided_source = bool(cfg.finding_prompt)
+        to_source = make_denoiser(
+            unet, source if guided_source else negative, negative, cfg.guidance if guided_source else 1.0, timings
+        )
+        alpha_bar = _start_alpha_bar(engines, cfg)
+        seeds = [cfg.seed + k for k in range(cfg.average)]
+        starts = [(add_noise(z, draw_noise(s, z.shape, 1)[0], alpha_bar), s) for s in seeds]
+    cfs, refs = [], []
+    for x_t, seed in starts:
+        cfs.append(decode_latents(engines, _sample(to_target, x_t, engines, cfg, seed, progress), timings))
+        if recon:
+            refs.append(decode_latents(engines, _sample(to_source, x_t, engines, cfg, seed, progress), timings))
+    counterfactual = np.mean(cfs, axis=0).astype(np.float32)
+    reference = np.mean(refs, axis=0).astype(np.float32) if recon else image01.astype(np.float32)
+    return Attribution(counterfactual, reference, timings)
+
+
+def _steps_per_pass(engines: Engines, cfg: RunConfig) -> int:
+    if cfg.scheduler is SchedulerKind.DPMPP_2M:
+        return len(plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength).timesteps)
+    return len(plan_ddim(engines.schedule, cfg.steps, cfg.strength).timesteps)

@@ -1,0 +1,126 @@
+"""The three attribution modes, DDIM inversion, and localized induction (tiny random model: behaviour, not quality)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vald.app import open_engines
+from vald.attribution import attribute
+from vald.cli import main
+from vald.config import RunConfig
+from vald.errors import ConfigError, InputError
+from vald.induce import induce, latent_mask
+from vald.sampling import invert_ddim, sample_ddim
+from vald.schedules import NoiseSchedule, plan_ddim
+
+SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
+
+
+def test_ddim_inversion_then_sampling_returns_the_start() -> None:
+    plan = plan_ddim(NoiseSchedule.from_config({**SD_SCHEDULE, "clip_sample": False}), 50, 0.6)
+    x0 = np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32)
+
+    def denoiser(x: np.ndarray, t: int) -> np.ndarray:  # a smooth, time-dependent epsilon model
+        return (0.3 * np.tanh(x) * (1 + t / 1000)).astype(np.float32)
+
+    x_t = invert_ddim(denoiser, x0, plan)
+    assert float(np.abs(x_t - x0).max()) > 0.1  # it really moved
+    back = sample_ddim(denoiser, x_t, plan)
+    assert float(np.abs(back - x0).max()) < 0.02
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"mode": "paired"}, "finding_prompt"),
+        ({"mode": "inversion", "scheduler": "dpmpp-2m"}, "ddim"),
+        ({"mode": "inversion", "eta": 0.5}, "eta=0"),
+        ({"mode": "inversion", "average": 3}, "deterministic"),
+        ({"mode": "paired", "finding_prompt": "nodule", "reference": "input"}, "reference"),
+        ({"mode": "bogus"}, "mode='bogus'"),
+        ({"average": 0}, "average"),
+    ],
+)
+def test_invalid_mode_settings_are_config_errors(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**settings)  # type: ignore[arg-type]
+
+
+def _input(engines_dir: Path) -> tuple[object, np.ndarray]:
+    engines, _ = open_engines(engines_dir, RunConfig())
+    size = engines.model.image_size
+    y, x = np.mgrid[0:size, 0:size] / size
+    return engines, (0.5 + 0.3 * np.sin(6 * x) * np.cos(4 * y)).astype(np.float32)
+
+
+def test_inversion_is_deterministic_and_ignores_the_seed(engines: Path) -> None:
+    eng, x = _input(engines)
+    cfg = RunConfig(mode="inversion", steps=10, strength=0.5, guidance=3.0)
+    a, b = attribute(eng, x, cfg), attribute(eng, x, cfg.replace(seed=99))  # type: ignore[arg-type]
+    assert np.array_equal(a.counterfactual, b.counterfactual) and np.array_equal(a.reference, b.reference)
+    by_input = attribute(eng, x, cfg.replace(reference="input"))  # type: ignore[arg-type]
+    assert np.array_equal(by_input.signed_map, x - by_input.counterfactual)
+    assert not np.array_equal(by_input.signed_map, a.signed_map)
+
+
+def test_paired_toward_the_same_prompt_gives_an_empty_map(engines: Path) -> None:
+    eng, x = _input(engines)
+    cfg = RunConfig(mode="paired", finding_prompt=RunConfig().prompt, steps=10, strength=0.5, average=2)
+    assert not np.any(attribute(eng, x, cfg).signed_map)  # type: ignore[arg-type]
+    other = attribute(eng, x, cfg.replace(finding_prompt="right lower zone consolidation"))  # type: ignore[arg-type]
+    assert np.abs(other.signed_map).max() > 0
+
+
+def test_averaging_seeds_is_the_mean_of_single_runs(engines: Path) -> None:
+    eng, x = _input(engines)
+    cfg = RunConfig(mode="img2img", steps=8, strength=0.5, seed=4)
+    singles = [attribute(eng, x, cfg.replace(seed=s)).counterfactual for s in (4, 5)]  # type: ignore[arg-type]
+    both = attribute(eng, x, cfg.replace(average=2)).counterfactual  # type: ignore[arg-type]
+    assert np.allclose(both, np.mean(singles, axis=0), atol=1e-6)
+
+
+def test_progress_counts_every_pass_once(engines: Path) -> None:
+    eng, x = _input(engines)
+    seen: list[tuple[int, int]] = []
+    attribute(eng, x, RunConfig(mode="inversion", steps=10, strength=0.5), on_step=lambda i, n: seen.append((i, n)))  # type: ignore[arg-type]
+    assert seen[-1] == (15, 15) and [i for i, _ in seen] == list(range(1, 16))  # invert + target + reconstruction
+
+
+def test_induce_changes_only_inside_the_mask(engines: Path) -> None:
+    eng, x = _input(engines)
+    size = x.shape[0]
+    mask = np.zeros_like(x)
+    mask[size // 4 : size // 2, size // 4 : size // 2] = 1.0
+    out = induce(eng, x, mask, RunConfig(prompt="left lower zone consolidation", steps=10, strength=0.8))  # type: ignore[arg-type]
+    assert np.array_equal(out.image[out.mask == 0], x[out.mask == 0])  # the original, exactly, outside
+    assert float(np.abs(out.image - x)[mask > 0].mean()) > 1e-3
+    assert latent_mask(mask, 4).sum() == (size // 16) ** 2
+    with pytest.raises(InputError, match="empty"):
+        induce(eng, x, np.zeros_like(x), RunConfig())  # type: ignore[arg-type]
+
+
+def test_cli_induce_and_mode_provenance(engines: Path, small_png: Path, tmp_path: Path, capsys) -> None:
+    native = np.asarray(Image.open(small_png))
+    mask = np.zeros_like(native)
+    mask[30:60, 20:50] = 255
+    mask_path = tmp_path / "mask.png"
+    Image.fromarray(mask).save(mask_path)
+    args = ["--engines", str(engines), "--out", str(tmp_path / "out"), "--steps", "6", "--quiet"]
+    assert main(["induce", str(small_png), "--mask", str(mask_path), "--prompt", "left lower zone nodule", *args]) == 0
+    out_dir = Path(capsys.readouterr().out.strip())
+    induced = np.asarray(Image.open(out_dir / "induced.png"))
+    assert induced.shape == native.shape
+    result = json.loads((out_dir / "result.json").read_text())
+    assert result["settings"]["task"] == "induce" and "left lower" not in json.dumps(result)
+    code = main(["run", str(small_png), *args, "--mode", "paired", "--finding-prompt", "right upper zone nodule"])
+    assert code == 0
+    settings = json.loads((Path(capsys.readouterr().out.strip()) / "result.json").read_text())["settings"]
+    assert settings["mode"] == "paired" and settings["reference"] == "reconstruction" and settings["seeds"] == [0]
+    assert "finding_prompt" not in settings and len(settings["finding_prompt_sha256"]) == 64
+    assert main(["run", str(small_png), *args, "--mode", "paired"]) == 2
+    assert "finding_prompt" in capsys.readouterr().err

@@ -1,0 +1,234 @@
+"""The demo model's training recipe: VAE, then latents and text states once, then the UNet.
+
+Every stage writes its result under the work folder and is skipped when that
+result exists, and the UNet stage checkpoints, so an interrupted run resumes.
+Randomness is derived from ``(seed, step)``, so a resumed run draws what an
+uninterrupted one would have.  Run with ``python -m vald_train WORK``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vald_train.data import TrainingSet, build_training_set
+from vald_train.models import SCHEDULER, Architecture, make_text_encoder, make_unet, make_vae, write_model_folder
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    """Every setting of a training run (recorded in ``recipe.json``)."""
+
+    seed: int = 0
+    n_seeds: int = 3000
+    vae_steps: int = 1100
+    vae_batch: int = 16
+    vae_crop: int = 64
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-4
+    unet_steps: int = 1800
+    unet_batch: int = 64
+    unet_lr: float = 3e-4
+    prompt_dropout: float = 0.1
+    ema_decay: float = 0.999
+    checkpoint_every: int = 100
+    threads: int = 2
+    arch: Architecture = field(default_factory=Architecture)
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 100) -> float:
+    """Linear warm-up then cosine decay to a tenth of ``peak``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def _images(data: TrainingSet, index: np.ndarray[Any, Any]) -> Any:
+    import torch
+
+    x = data.images[index].astype(np.float32) / 65535.0 * 2.0 - 1.0
+    return torch.from_numpy(x[:, None])
+
+
+def train_vae(data: TrainingSet, recipe: Recipe, work: Path, log: Log) -> Any:
+    """Train the AutoencoderKL on random crops (L1 + a small latent-size penalty); return it with its scaling set."""
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    vae = make_vae(recipe.arch)
+    opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
+    size, crop, rows = recipe.arch.image_size, recipe.vae_crop, []
+    for step in range(recipe.vae_steps):
+        rng = np.random.default_rng([recipe.seed, 1, step])
+        x = _images(data, rng.integers(len(data.images), size=recipe.vae_batch))
+        i, j = rng.integers(0, size - crop + 1, size=2)
+        x = x[:, :, i : i + crop, j : j + crop]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.vae_steps, recipe.vae_lr, warmup=50)
+        # Deterministic: the runtime decodes the posterior mean, so train exactly that path; a small
+        # penalty on the mean's size stands in for the KL term (whose variance part we never use).
+        mean = vae.encode(x).latent_dist.mean
+        recon = vae.decode(mean).sample
+        l1 = (recon - x).abs().mean()
+        loss = l1 + recipe.kl_weight * mean.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows.append({"step": step, "l1": l1.item()})
+        if step % 50 == 0 or step == recipe.vae_steps - 1:
+            log(f"vae step {step}/{recipe.vae_steps} L1 {l1.item():.4f}")
+    _write_curve(work / "vae_loss.csv", rows)
+    vae.eval()
+    with torch.no_grad():
+        sample = np.arange(min(512, len(data.images)))
+        means = torch.cat([vae.encode(_images(data, part)).latent_dist.mean for part in np.array_split(sample, 8)])
+    shift, scale = float(means.mean()), 1.0 / float(means.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    log(f"vae latent shift {shift:.4f} scale {scale:.4f}")
+    return vae
+
+
+def encode_latents(vae: Any, data: TrainingSet) -> np.ndarray[Any, Any]:
+    """``(mean - shift) * scale`` of every image, as the runtime computes it: ``[N, C, h, w]`` float32."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(data.images), 128):
+            mean = vae.encode(_images(data, np.arange(k, min(k + 128, len(data.images))))).latent_dist.mean
+            out.append(((mean - vae.config.shift_factor) * vae.config.scaling_factor).numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def text_states(model_dir: Path, encoder: Any, prompts: list[str], max_length: int) -> np.ndarray[Any, Any]:
+    """Frozen text-encoder states ``[P, L, hidden]``, tokenised exactly as the runtime tokenises."""
+    import torch
+
+    from vald.tokenizer import PromptTokenizer
+
+    tokenizer = PromptTokenizer(model_dir / "tokenizer", max_length=max_length, pad_id=0)
+    with torch.no_grad():
+        ids = torch.from_numpy(tokenizer(prompts).astype(np.int64))
+        return encoder(input_ids=ids).last_hidden_state.numpy().astype(np.float32)
+
+
+def _alphas_cumprod() -> Any:
+    import torch
+
+    betas = torch.linspace(SCHEDULER["beta_start"] ** 0.5, SCHEDULER["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, 0).float()
+
+
+def train_unet(
+    latents: np.ndarray[Any, Any],
+    states: np.ndarray[Any, Any],
+    prompt_index: np.ndarray[Any, Any],
+    recipe: Recipe,
+    work: Path,
+    log: Log,
+) -> Any:
+    """Epsilon-prediction training with prompt dropout; returns the EMA UNet.
+
+    ``states[0]`` is the empty prompt (the unconditional branch of guidance).
+    """
+    import copy
+
+    import torch
+
+    torch.manual_seed(recipe.seed)
+    unet = make_unet(recipe.arch)
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
+    ckpt, start, rows = work / "unet_checkpoint.pt", 0, []
+    if ckpt.exists():
+        saved = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(saved["unet"])
+        ema.load_state_dict(saved["ema"])
+        opt.load_state_dict(saved["opt"])
+        start, rows = saved["step"], saved["rows"]
+        log(f"unet resumed at step {start}")
+    alpha_bar, z_all, s_all = _alphas_cumprod(), torch.from_numpy(latents), torch.from_numpy(states)
+    started = time.perf_counter()
+    for step in range(start, recipe.unet_steps):
+        rng = np.random.default_rng([recipe.seed, 2, step])
+        index = rng.integers(len(latents), size=recipe.unet_batch)
+        which = np.where(rng.random(recipe.unet_batch) < recipe.prompt_dropout, 0, prompt_index[index])
+        gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        t = torch.randint(0, 1000, (recipe.unet_batch,), generator=gen)
+        noise = torch.randn(z_all[index].shape, generator=gen)
+        ab = alpha_bar[t].view(-1, 1, 1, 1)
+        x_t = ab.sqrt() * z_all[index] + (1 - ab).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.unet_steps, recipe.unet_lr)
+        loss = torch.nn.functional.mse_loss(unet(x_t, t, s_all[which]).sample, noise)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        decay = min(recipe.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in zip(ema.parameters(), unet.parameters(), strict=True):
+                e.mul_(decay).add_(p, alpha=1 - decay)
+        rows.append({"step": step, "mse": loss.item()})
+        if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == recipe.unet_steps:
+            torch.save(
+                {
+                    "unet": unet.state_dict(),
+                    "ema": ema.state_dict(),
+                    "opt": opt.state_dict(),
+                    "step": step + 1,
+                    "rows": rows,
+                },
+                ckpt,
+            )
+            recent = np.mean([r["mse"] for r in rows[-recipe.checkpoint_every :]])
+            log(f"unet step {step + 1}/{recipe.unet_steps} mse {recent:.4f} ({time.perf_counter() - started:.0f}s)")
+    _write_curve(work / "unet_loss.csv", rows)
+    return ema
+
+
+def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run(work: Path, recipe: Recipe, log: Log = print) -> Path:
+    """All stages; returns the finished diffusers folder ``work/model``."""
+    import torch
+
+    torch.set_num_threads(recipe.threads)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n", encoding="utf-8")
+    data_path = work / "data.npz"
+    if not data_path.exists():
+        started = time.perf_counter()
+        build_training_set(recipe.n_seeds, recipe.arch.image_size).save(data_path)
+        log(f"rendered the training set in {time.perf_counter() - started:.0f}s")
+    data = TrainingSet.load(data_path)
+    log(f"{len(data.images)} training images")
+    from diffusers import AutoencoderKL
+
+    if not (work / "vae" / "config.json").exists():
+        train_vae(data, recipe, work, log).save_pretrained(work / "vae")
+    vae = AutoencoderKL.from_pretrained(work / "vae").eval()
+    text_encoder = make_text_encoder(recipe.arch, recipe.seed)
+    stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, make_unet(recipe.arch))
+    prompts = ["", *sorted(set(data.prompts))]
+    lookup = {p: i for i, p in enumerate(prompts)}
+    states = text_states(stage, text_encoder, prompts, recipe.arch.max_length)
+    latents = encode_latents(vae, data)
+    ema = train_unet(latents, states, np.array([lookup[p] for p in data.prompts]), recipe, work, log)
+    return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)
