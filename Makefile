@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo retrain bench-attribution test lint clean
 
 setup: $(SETUP)
 
@@ -14,14 +14,30 @@ $(SETUP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Until the shipped default model exists (engines/demo), the demo builds a tiny random-weight model,
-# exports it, and runs it on a real chest radiograph (pydicom-data's RG1_UNCR).  Its output is noise-like:
-# it shows the pipeline, not a trained model.
-demo: setup
-	test -f build/tiny-model/model_index.json || $(VENV)/bin/vald make-tiny-model build/tiny-model
-	test -f engines/tiny/manifest.json || $(VENV)/bin/vald export build/tiny-model --out engines/tiny
-	$(PY) -m vald_export.samples build/samples/chest_cr.png
-	$(VENV)/bin/vald run build/samples/chest_cr.png --engines engines/tiny --out out/demo --steps 50 --strength 0.6
+# The demo runs the shipped model (engines/demo) from a runtime-only environment: no torch, no network.
+RUN_VENV ?= .venv-run
+RUN_SETUP := $(RUN_VENV)/.installed
+DEMO_OUT ?= out/demo
+
+$(RUN_SETUP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(RUN_VENV)
+	$(RUN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(RUN_VENV)/bin/python -m pip install -q -c constraints.txt -e .
+	touch $@
+
+demo: $(RUN_SETUP)
+	$(RUN_VENV)/bin/vald run engines/demo/samples/consolidation.png --engines engines/demo --out $(DEMO_OUT)
+	$(RUN_VENV)/bin/vald induce engines/demo/samples/normal.png --mask engines/demo/samples/induce_mask_left_lower_zone.png \
+		--prompt "left lower zone consolidation" --engines engines/demo --out $(DEMO_OUT)/induce
+
+# Re-train the demo model from scratch (about an hour on 2 CPU cores) and rebuild engines/demo from it.
+retrain: setup
+	$(PY) -m vald_train build/train/demo
+	$(PY) -m vald_train.ship build/train/demo --out engines/demo
+
+# Attribution quality on held-out phantoms (tables, JSON and the sweep plot in benchmarks/results).
+bench-attribution: setup
+	$(PY) benchmarks/attribution.py --engines engines/demo --out benchmarks/results
 
 lint: setup
 	$(VENV)/bin/ruff check runtime export training tests benchmarks
@@ -32,4 +48,4 @@ test: lint
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf build out engines/tiny
+	rm -rf build out

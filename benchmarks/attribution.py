@@ -55,16 +55,58 @@ def paired_rows(engines_dir: Path, base: RunConfig, per_type: int, size: int, mo
     return rows
 
 
-def sweep(engines_dir: Path, base: RunConfig, size: int, out: Path) -> list[dict[str, Any]]:
-    """img2img over a strength × guidance grid on a small set: removal vs change on normals."""
+def induction(engines_dir: Path, size: int, count: int = 20) -> dict[str, float]:
+    """``vald induce`` on normal phantoms with lesion-shaped masks and reports borrowed from abnormal ones."""
+    import numpy as np
+
+    from vald.config import INDUCE_DEFAULTS
+    from vald.induce import induce
+    from vald_train.data import held_out_seeds
+    from vald_train.metrics import ssim_map
+    from vald_train.phantoms import make_phantom
+
+    engines, _ = open_engines(engines_dir, INDUCE_DEFAULTS)
+    kinds = (Finding.CONSOLIDATION, Finding.NODULE, Finding.EFFUSION)
+    rows = []
+    for k, seed in enumerate(held_out_seeds(count, Finding.NORMAL, offset=600)):
+        normal = make_phantom(seed, size, Finding.NORMAL)
+        donor = make_phantom(held_out_seeds(count, kinds[k % 3], offset=600)[k], size, kinds[k % 3])
+        mask = donor.mask.astype(np.float32)
+        out = induce(engines, normal.abnormal, mask, INDUCE_DEFAULTS.replace(prompt=donor.report))
+        change = out.image - normal.abnormal
+        truth = donor.difference[donor.mask].mean()  # what the finding adds on its own anatomy
+        rows.append(
+            {
+                "change_inside": float(change[mask > 0].mean()),
+                "change_outside": float(np.abs(change[out.mask == 0]).mean()),
+                "true_finding_contrast": float(truth),
+                "ssim_outside": float(ssim_map(out.image, normal.abnormal)[out.mask == 0].mean()),
+            }
+        )
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"n": float(len(rows))}
+
+
+SWEEP_MODES = {"img2img": {"mode": "img2img"}, "inversion": {"mode": "inversion", "reference": "reconstruction"}}
+
+
+def sweep(engines_dir: Path, base: RunConfig, size: int, out: Path, per_type: int = 6) -> list[dict[str, Any]]:
+    """Strength × guidance grid per mode on a separate held-out set: removal and AUROC vs change on normals."""
     points = []
     engines, _ = open_engines(engines_dir, base)
-    phantoms = cases(6, size, offset=500)
-    for strength in (0.3, 0.5, 0.7):
-        for guidance in (2.0, 5.0, 8.0):
-            cfg = base.replace(mode="img2img", strength=strength, guidance=guidance)
-            table = summarise(score(runtime_method(engines, cfg), phantoms))
-            points.append({"strength": strength, "guidance": guidance, **table["overall"], **table["normal"]})
+    phantoms = cases(per_type, size, offset=500)
+    for mode, settings in SWEEP_MODES.items():
+        for strength in (0.3, 0.5, 0.7):
+            for guidance in (2.0, 5.0, 8.0):
+                cfg = base.replace(**settings, strength=strength, guidance=guidance)
+                table = summarise(score(runtime_method(engines, cfg), phantoms))
+                point = {"mode": mode, "strength": strength, "guidance": guidance}
+                points.append({**point, **table["overall"], **table["normal"]})
+                print(
+                    f"sweep {mode} s={strength} g={guidance}: AUROC {table['overall']['auroc']:.3f} "
+                    f"NCC {table['overall']['ncc']:.3f} removal {table['overall']['removal']:.2f} "
+                    f"normal change {table['normal']['change_normal']:.4f}",
+                    flush=True,
+                )
     _plot(points, out / "sweep.png")
     return points
 
@@ -75,17 +117,20 @@ def _plot(points: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
-    for strength in sorted({p["strength"] for p in points}):
-        row = [p for p in points if p["strength"] == strength]
-        ax.plot([p["change_normal"] for p in row], [p["removal"] for p in row], "o-", label=f"strength {strength}")
-        for p in row:
-            ax.annotate(f"g={p['guidance']:g}", (p["change_normal"], p["removal"]), fontsize=7)
-    ax.set_xlabel("mean |input - counterfactual| on normal inputs (collateral change)")
-    ax.set_ylabel("removal inside the lesion mask (1 = fully removed)")
-    ax.set_title("img2img: strength × guidance trade-off (held-out phantoms)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    modes = sorted({p["mode"] for p in points})
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), dpi=110, squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        for strength in sorted({p["strength"] for p in points}):
+            row = [p for p in points if p["strength"] == strength and p["mode"] == mode]
+            xs, ys = [p["change_normal"] for p in row], [p["removal"] for p in row]
+            ax.plot(xs, ys, "o-", label=f"strength {strength}")
+            for p in row:
+                ax.annotate(f"g={p['guidance']:g}", (p["change_normal"], p["removal"]), fontsize=7)
+        ax.set_xlabel("mean |input - counterfactual| on normal inputs (collateral change)")
+        ax.set_ylabel("removal inside the lesion mask (1 = fully removed)")
+        ax.set_title(f"{mode}: strength × guidance (held-out phantoms)")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path)
 
@@ -120,11 +165,16 @@ def main() -> None:
     parser.add_argument("--per-type", type=int, default=40, help="held-out phantoms per finding type (5 types)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument("--sweep-only", action="store_true", help="only the strength × guidance sweep")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     base = RunConfig()
     engines, provenance = open_engines(args.engines, base)
     size = engines.model.image_size
+    if args.sweep_only:
+        points = sweep(args.engines, base, size, args.out)
+        (args.out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n", encoding="utf-8")
+        return
     started = time.perf_counter()
     tables, timing = {}, {}
     for name, (method, _) in methods(args.engines, base).items():
@@ -140,6 +190,8 @@ def main() -> None:
         tables[name] = summarise(paired_rows(args.engines, base, args.per_type, size, mode))
         timing[name] = time.perf_counter() - t0
         print(f"{name}: overall AUROC {tables[name]['overall']['auroc']:.3f} ({timing[name]:.0f}s)", flush=True)
+    induced = induction(args.engines, size)
+    print(f"induction: {induced}", flush=True)
     points = [] if args.no_sweep else sweep(args.engines, base, size, args.out)
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -147,6 +199,7 @@ def main() -> None:
         "defaults": {k: str(v) for k, v in vars(base).items() if "prompt" not in k},
         "tables": tables,
         "seconds_per_method": timing,
+        "induction": induced,
         "sweep": points,
         "environment": {**versions(), "machine": platform.machine(), "processor": platform.processor()},
         **provenance,

@@ -132,6 +132,12 @@ def make_tiny_model(out: Path, *, seed: int = 0, image_channels: int = 1, hidden
         set_alpha_to_one=False,
         steps_offset=1,
     ).save_pretrained(out / "scheduler")
+    write_model_index(out)
+    return out
+
+
+def write_model_index(out: Path) -> None:
+    """``model_index.json`` of a StableDiffusionPipeline folder with a BERT text encoder, no safety checker."""
     index = {
         "_class_name": "StableDiffusionPipeline",
         "text_encoder": ["transformers", "BertModel"],
@@ -144,4 +150,3 @@ def make_tiny_model(out: Path, *, seed: int = 0, image_channels: int = 1, hidden
         "requires_safety_checker": False,
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-    return out

@@ -72,6 +72,28 @@ def _settings(cfg: RunConfig) -> dict[str, Any]:
     return settings
 
 
+def _result(
+    cfg: RunConfig,
+    digest: str,
+    shape: tuple[int, ...],
+    engines: Engines,
+    description: str,
+    stages: dict[str, float],
+    started: float,
+    provenance: dict[str, Any],
+) -> dict[str, Any]:
+    """The content of ``result.json``: what was run, on what, with which engines, how long it took."""
+    return {
+        "caution": CAUTION,
+        "input": {"sha256": digest, "shape": list(shape), "model_size": engines.model.image_size},
+        "settings": _settings(cfg),
+        "attribution": description,
+        "timings_s": {**stages, "total": time.perf_counter() - started},
+        "versions": versions(),
+        **provenance,
+    }
+
+
 def run_one(
     image_path: Path,
     out_root: Path,
@@ -90,20 +112,14 @@ def run_one(
     result_m = attribute(engines, model_input, cfg, on_step=on_step)
     signed_map = box.to_native(result_m.signed_map)
     cf_native = box.to_native(result_m.counterfactual)
-    result = {
-        "caution": CAUTION,
-        "input": {"sha256": digest, "shape": list(native.shape), "model_size": engines.model.image_size},
-        "settings": _settings(cfg),
-        "attribution": (
-            f"signed map M = {cfg.resolved_reference.value} - counterfactual ({cfg.mode.value}), "
-            "computed at model resolution, resized to native"
-        ),
-        "timings_s": {**result_m.timings.stages, "total": time.perf_counter() - started},
-        "versions": versions(),
-        **provenance,
-    }
+    description = (
+        f"signed map M = {cfg.resolved_reference.value} - counterfactual ({cfg.mode.value}), "
+        "computed at model resolution, resized to native"
+    )
+    result = _result(cfg, digest, native.shape, engines, description, result_m.timings.stages, started, provenance)
     out_dir = out_root / digest[:16]
-    write_outputs(out_dir, native, cf_native, signed_map.astype(np.float32), result)
+    titles = ("input", "normal counterfactual", f"{cfg.resolved_reference.value} - counterfactual")
+    write_outputs(out_dir, native, cf_native, signed_map.astype(np.float32), result, titles=titles)
     return out_dir
 
 
@@ -129,15 +145,11 @@ def induce_one(
     induced = induce(engines, box.to_model(native), box.to_model(mask_native), cfg, on_step=on_step)
     change = box.to_native(induced.image) - box.to_native(box.to_model(native))
     out_native = np.clip(native + change, 0.0, 1.0).astype(np.float32)
-    result = {
-        "caution": CAUTION,
-        "input": {"sha256": digest, "shape": list(native.shape), "model_size": engines.model.image_size},
-        "settings": {**_settings(cfg), "task": "induce"},
-        "attribution": "signed map = induced - input (masked img2img toward the finding prompt)",
-        "timings_s": {**induced.timings.stages, "total": time.perf_counter() - started},
-        "versions": versions(),
-        **provenance,
-    }
+    description = "signed map = induced - input (masked img2img toward the finding prompt)"
+    result = _result(cfg, digest, native.shape, engines, description, induced.timings.stages, started, provenance)
+    result["settings"]["task"] = "induce"
     out_dir = out_root / digest[:16]
-    write_outputs(out_dir, native, out_native, (out_native - native).astype(np.float32), result, image_name=INDUCED)
+    change_map = (out_native - native).astype(np.float32)
+    titles = ("input", "induced", "induced - input")
+    write_outputs(out_dir, native, out_native, change_map, result, image_name=INDUCED, titles=titles)
     return out_dir

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vald.render import triptych
+from vald.render import TITLES, triptych
 
 COUNTERFACTUAL = "counterfactual.png"
 ATTRIBUTION = "attribution.npy"
@@ -51,10 +51,12 @@ def write_outputs(
     result: Mapping[str, Any],
     *,
     image_name: str = COUNTERFACTUAL,
+    titles: tuple[str, str, str] = TITLES,
 ) -> dict[str, Path]:
     """Write the four outputs (native resolution); ``result.json`` last, so its presence means complete.
 
-    ``image_name`` names the generated image's PNG (``induced.png`` for induction).
+    ``image_name`` names the generated image's PNG (``induced.png`` for induction); ``titles`` label the
+    triptych's panels.
     """
     paths = {name: out_dir / name for name in (image_name, ATTRIBUTION, TRIPTYCH, RESULT)}
     write_atomic(paths[image_name], png16(counterfactual01))
@@ -62,7 +64,7 @@ def write_outputs(
     np.save(buf, signed_map.astype(np.float32), allow_pickle=False)
     write_atomic(paths[ATTRIBUTION], buf.getvalue())
     buf = io.BytesIO()
-    triptych(input01, counterfactual01, signed_map).save(buf, format="PNG")
+    triptych(input01, counterfactual01, signed_map, titles).save(buf, format="PNG")
     write_atomic(paths[TRIPTYCH], buf.getvalue())
     write_atomic(paths[RESULT], (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
     return paths

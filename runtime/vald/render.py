@@ -58,10 +58,16 @@ def colour_bar(height: int, vmax: float, width: int = 64) -> Image.Image:
     return canvas
 
 
+TITLES = ("input", "normal counterfactual", "input - counterfactual")
+
+
 def triptych(
-    input01: NDArray[np.float32], counterfactual01: NDArray[np.float32], signed_map: NDArray[np.float32]
+    input01: NDArray[np.float32],
+    counterfactual01: NDArray[np.float32],
+    signed_map: NDArray[np.float32],
+    titles: tuple[str, str, str] = TITLES,
 ) -> Image.Image:
-    """Input | counterfactual | overlay + colour bar, with titles and the caution line.
+    """Input | counterfactual | overlay + colour bar, with ``titles`` and the caution line.
 
     Panels are shown at most ``MAX_PANEL`` pixels high (the full-resolution data is in the other outputs).
     """
@@ -79,9 +85,7 @@ def triptych(
     bar = colour_bar(h, vmax)
     canvas = Image.new("RGB", (3 * w + bar.width, h + header + footer), (0, 0, 0))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for i, (panel, title) in enumerate(
-        zip(panels, ("input", "normal counterfactual", "input - counterfactual"), strict=True)
-    ):
+    for i, (panel, title) in enumerate(zip(panels, titles, strict=True)):
         canvas.paste(Image.fromarray(panel), (i * w, header))
         draw.text((i * w + 4, 2), title, fill=(255, 255, 255), font=font)
     canvas.paste(bar, (3 * w, header))

@@ -26,8 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
 
+    args.work.mkdir(parents=True, exist_ok=True)
+    log_file = args.work / "train.log"
+
     def log(message: str) -> None:
-        print(f"[{time.perf_counter() - started:7.0f}s] {message}", flush=True)
+        line = f"[{time.perf_counter() - started:7.0f}s] {message}"
+        print(line, flush=True)
+        with log_file.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
 
     print(run(args.work, recipe, log))
     return 0

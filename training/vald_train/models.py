@@ -5,12 +5,11 @@ Sizes are chosen to train on a 2-core CPU in about an hour and to ship in tens o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vald_export.tiny import vocab_size, write_tokenizer
+from vald_export.tiny import vocab_size, write_model_index, write_tokenizer
 from vald_train.reports import vocabulary
 
 SCHEDULER: dict[str, Any] = {
@@ -31,7 +30,7 @@ class Architecture:
 
     image_size: int = 128
     vae_blocks: tuple[int, ...] = (16, 32, 64, 64)  # f = 2 ** (len - 1) = 8
-    latent_channels: int = 4
+    latent_channels: int = 8
     hidden: int = 64
     text_layers: int = 2
     max_length: int = 32
@@ -108,16 +107,5 @@ def write_model_folder(out: Path, arch: Architecture, vae: Any, text_encoder: An
     vae.save_pretrained(out / "vae")
     unet.save_pretrained(out / "unet")
     DDIMScheduler(**SCHEDULER).save_pretrained(out / "scheduler")
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "text_encoder": ["transformers", "BertModel"],
-        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "scheduler": ["diffusers", "DDIMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
-    }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    write_model_index(out)
     return out

@@ -36,7 +36,9 @@ class Recipe:
     vae_crop: int = 64
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
-    unet_steps: int = 1800
+    unet_steps: int = 1400
+    decoder_steps: int = 1100
+    decoder_lr: float = 5e-4
     unet_batch: int = 64
     unet_lr: float = 3e-4
     prompt_dropout: float = 0.1
@@ -68,12 +70,9 @@ def train_vae(data: TrainingSet, recipe: Recipe, work: Path, log: Log) -> Any:
     torch.manual_seed(recipe.seed)
     vae = make_vae(recipe.arch)
     opt = torch.optim.Adam(vae.parameters(), lr=recipe.vae_lr)
-    size, crop, rows = recipe.arch.image_size, recipe.vae_crop, []
+    rows: list[dict[str, float]] = []
     for step in range(recipe.vae_steps):
-        rng = np.random.default_rng([recipe.seed, 1, step])
-        x = _images(data, rng.integers(len(data.images), size=recipe.vae_batch))
-        i, j = rng.integers(0, size - crop + 1, size=2)
-        x = x[:, :, i : i + crop, j : j + crop]
+        x = _crops(data, recipe, step, stream=1)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe.vae_steps, recipe.vae_lr, warmup=50)
         # Deterministic: the runtime decodes the posterior mean, so train exactly that path; a small
@@ -97,6 +96,41 @@ def train_vae(data: TrainingSet, recipe: Recipe, work: Path, log: Log) -> Any:
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     log(f"vae latent shift {shift:.4f} scale {scale:.4f}")
     return vae
+
+
+def _crops(data: TrainingSet, recipe: Recipe, step: int, stream: int) -> Any:
+    rng = np.random.default_rng([recipe.seed, stream, step])
+    x = _images(data, rng.integers(len(data.images), size=recipe.vae_batch))
+    i, j = rng.integers(0, recipe.arch.image_size - recipe.vae_crop + 1, size=2)
+    return x[:, :, i : i + recipe.vae_crop, j : j + recipe.vae_crop]
+
+
+def finetune_decoder(vae: Any, data: TrainingSet, recipe: Recipe, work: Path, log: Log) -> Any:
+    """Sharpen the decoder with the encoder frozen: the latent space, and so the trained UNet, stay valid."""
+    import torch
+
+    torch.manual_seed(recipe.seed + 1)
+    vae.requires_grad_(False)
+    params = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=recipe.decoder_lr)
+    rows = []
+    for step in range(recipe.decoder_steps):
+        x = _crops(data, recipe, step, stream=3)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, recipe.decoder_steps, recipe.decoder_lr, warmup=50)
+        with torch.no_grad():
+            mean = vae.encode(x).latent_dist.mean
+        l1 = (vae.decode(mean).sample - x).abs().mean()
+        opt.zero_grad()
+        l1.backward()
+        opt.step()
+        rows.append({"step": step, "l1": l1.item()})
+        if step % 100 == 0 or step == recipe.decoder_steps - 1:
+            log(f"decoder step {step}/{recipe.decoder_steps} L1 {l1.item():.4f}")
+    _write_curve(work / "decoder_loss.csv", rows)
+    return vae.eval().requires_grad_(False)
 
 
 def encode_latents(vae: Any, data: TrainingSet) -> np.ndarray[Any, Any]:
@@ -231,4 +265,8 @@ def run(work: Path, recipe: Recipe, log: Log = print) -> Path:
     states = text_states(stage, text_encoder, prompts, recipe.arch.max_length)
     latents = encode_latents(vae, data)
     ema = train_unet(latents, states, np.array([lookup[p] for p in data.prompts]), recipe, work, log)
+    if recipe.decoder_steps and not (work / "vae_finetuned" / "config.json").exists():
+        finetune_decoder(vae, data, recipe, work, log).save_pretrained(work / "vae_finetuned")
+    if recipe.decoder_steps:
+        vae = AutoencoderKL.from_pretrained(work / "vae_finetuned").eval()
     return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)

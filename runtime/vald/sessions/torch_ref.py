@@ -75,6 +75,9 @@ class VaeDecoderModule(torch.nn.Module):
         return out
 
 
+BUNDLED_MODEL = "model"  # an engine folder may carry its source diffusers folder here (engines/demo does)
+
+
 def load_modules(model_dir: Path) -> dict[Component, torch.nn.Module]:
     """Load a local diffusers folder (offline) as the four wrapper modules, eval mode, float32."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -130,7 +133,7 @@ class TorchSession:
 def open_torch_sessions(
     manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None = None
 ) -> dict[Component, TorchSession]:
-    """Torch sessions for the manifest's source model (or ``model_dir``)."""
+    """Torch sessions for ``model_dir``, else the engine folder's bundled ``model/``, else the manifest's source."""
     if cfg.provider is Provider.TENSORRT:
         raise BackendUnavailableError("backend=torch runs on provider cpu or cuda, not tensorrt")
     device = "cuda" if cfg.provider is Provider.CUDA else "cpu"
@@ -138,7 +141,9 @@ def open_torch_sessions(
         raise BackendUnavailableError("provider=cuda was asked for, but torch sees no CUDA device")
     if device == "cpu" and cfg.precision is Precision.FP16:
         raise BackendUnavailableError("backend=torch precision=fp16 needs provider=cuda (CPU fp16 is not supported)")
-    folder = model_dir or Path(str(manifest.data.get("source", {}).get("path", "")))
+    bundled = manifest.root / BUNDLED_MODEL
+    recorded = Path(str(manifest.data.get("source", {}).get("path", "")))
+    folder = model_dir or (bundled if (bundled / "model_index.json").is_file() else recorded)
     if not (folder / "model_index.json").is_file():
         raise ModelError(
             "backend=torch needs the source diffusers folder: pass --model DIR "
