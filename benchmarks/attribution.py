@@ -34,9 +34,9 @@ def methods(engines_dir: Path, base: RunConfig) -> dict[str, tuple[Method, RunCo
     engines, _ = open_engines(engines_dir, base)
     out: dict[str, tuple[Method, RunConfig | None]] = {}
     for name, cfg in {
+        "inversion (ref. reconstruction, default)": base.replace(mode="inversion", reference="reconstruction"),
         "img2img": base.replace(mode="img2img"),
-        "inversion (ref. input)": base.replace(mode="inversion", reference="input"),
-        "inversion (ref. reconstruction)": base.replace(mode="inversion", reference="reconstruction"),
+        "img2img (ref. autoencoder)": base.replace(mode="img2img", reference="autoencoder"),
     }.items():
         out[name] = (runtime_method(engines, cfg), cfg)
     out["VAE reconstruction"] = (vae_baseline(engines), None)
@@ -163,6 +163,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engines", type=Path, default=Path("engines/demo"))
     parser.add_argument("--per-type", type=int, default=40, help="held-out phantoms per finding type (5 types)")
+    parser.add_argument("--paired-per-type", type=int, default=40, help="the same for paired-noise (3 seeds: slow)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-only", action="store_true", help="only the strength × guidance sweep")
@@ -176,37 +177,47 @@ def main() -> None:
         (args.out / "sweep.json").write_text(json.dumps(points, indent=2) + "\n", encoding="utf-8")
         return
     started = time.perf_counter()
-    tables, timing = {}, {}
-    for name, (method, _) in methods(args.engines, base).items():
-        t0 = time.perf_counter()
-        tables[name] = summarise(score(method, cases(args.per_type, size)))
-        timing[name] = time.perf_counter() - t0
-        print(f"{name}: overall AUROC {tables[name]['overall']['auroc']:.3f} ({timing[name]:.0f}s)", flush=True)
-    for mode, name in (
-        ("inversion", "inversion (finding prompt, ref. reconstruction)"),
-        ("paired", "paired-noise (3 seeds)"),
-    ):
-        t0 = time.perf_counter()
-        tables[name] = summarise(paired_rows(args.engines, base, args.per_type, size, mode))
-        timing[name] = time.perf_counter() - t0
-        print(f"{name}: overall AUROC {tables[name]['overall']['auroc']:.3f} ({timing[name]:.0f}s)", flush=True)
-    induced = induction(args.engines, size)
-    print(f"induction: {induced}", flush=True)
-    points = [] if args.no_sweep else sweep(args.engines, base, size, args.out)
-    report = {
+    tables: dict[str, dict[str, dict[str, float]]] = {}
+    report: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "partial": True,
         "held_out_per_type": args.per_type,
+        "paired_held_out_per_type": args.paired_per_type,
         "defaults": {k: str(v) for k, v in vars(base).items() if "prompt" not in k},
         "tables": tables,
-        "seconds_per_method": timing,
-        "induction": induced,
-        "sweep": points,
+        "seconds_per_method": {},
         "environment": {**versions(), "machine": platform.machine(), "processor": platform.processor()},
         **provenance,
-        "total_seconds": time.perf_counter() - started,
     }
-    (args.out / "attribution.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (args.out / "attribution.md").write_text(markdown(tables), encoding="utf-8")
+
+    def save() -> None:  # after every method, so an interrupted run keeps what it measured
+        report["total_seconds"] = time.perf_counter() - started
+        (args.out / "attribution.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (args.out / "attribution.md").write_text(markdown(tables), encoding="utf-8")
+
+    report["induction"] = induction(args.engines, size)
+    print(f"induction: {report['induction']}", flush=True)
+    runs = {
+        name: (lambda m=method: score(m, cases(args.per_type, size)))
+        for name, (method, _) in methods(args.engines, base).items()
+    }
+    runs["paired-noise (report as finding prompt, 3 seeds)"] = lambda: paired_rows(
+        args.engines, base, args.paired_per_type, size, "paired"
+    )
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        tables[name] = summarise(run())
+        report["seconds_per_method"][name] = time.perf_counter() - t0
+        print(
+            f"{name}: overall AUROC {tables[name]['overall']['auroc']:.3f} ({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+        save()
+    points = [] if args.no_sweep else sweep(args.engines, base, size, args.out)
+    if args.no_sweep and (args.out / "sweep.json").is_file():  # a sweep run earlier with --sweep-only
+        points = json.loads((args.out / "sweep.json").read_text(encoding="utf-8"))
+    report["sweep"], report["partial"] = points, False
+    save()
     print(markdown(tables))
 
 

@@ -42,6 +42,7 @@ def test_ddim_inversion_then_sampling_returns_the_start() -> None:
         ({"mode": "inversion", "eta": 0.5}, "eta=0"),
         ({"mode": "inversion", "average": 3}, "deterministic"),
         ({"mode": "paired", "finding_prompt": "nodule", "reference": "input"}, "reference"),
+        ({"mode": "paired", "finding_prompt": "nodule", "reference": "autoencoder"}, "reference"),
         ({"mode": "bogus"}, "mode='bogus'"),
         ({"average": 0}, "average"),
     ],
@@ -66,6 +67,19 @@ def test_inversion_is_deterministic_and_ignores_the_seed(engines: Path) -> None:
     by_input = attribute(eng, x, cfg.replace(reference="input"))  # type: ignore[arg-type]
     assert np.array_equal(by_input.signed_map, x - by_input.counterfactual)
     assert not np.array_equal(by_input.signed_map, a.signed_map)
+
+
+def test_autoencoder_reference_is_the_vae_round_trip(engines: Path) -> None:
+    from vald.pipeline import Timings, decode_latents, encode_image
+
+    eng, x = _input(engines)
+    cfg = RunConfig(mode="img2img", reference="autoencoder", steps=8, strength=0.5)
+    result = attribute(eng, x, cfg)  # type: ignore[arg-type]
+    timings = Timings()
+    round_trip = decode_latents(eng, encode_image(eng, x, timings), timings)  # type: ignore[arg-type]
+    assert np.array_equal(result.reference, round_trip)
+    plain = attribute(eng, x, cfg.replace(reference="input"))  # type: ignore[arg-type]
+    assert np.array_equal(plain.counterfactual, result.counterfactual)  # same start, same sampling
 
 
 def test_paired_toward_the_same_prompt_gives_an_empty_map(engines: Path) -> None:

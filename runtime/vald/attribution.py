@@ -10,6 +10,7 @@ VAE latent of the input and ``T`` the strength's timestep:
   target prompt; by default ``M = reconstruction - counterfactual`` where the
   reconstruction denoises the same ``x_T`` with the inversion's own conditioning,
   which cancels the VAE and inversion error that ``input - counterfactual`` keeps.
+  ``reference=autoencoder`` (any mode) subtracts from the input's VAE round trip instead.
 - ``paired``: the same noised ``x_T`` denoised once toward ``finding_prompt`` and
   once toward the target prompt; ``M`` = their decoded difference.
 
@@ -116,7 +117,12 @@ def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep
         if recon:
             refs.append(decode_latents(engines, _sample(to_source, x_t, engines, cfg, seed, progress), timings))
     counterfactual = np.mean(cfs, axis=0).astype(np.float32)
-    reference = np.mean(refs, axis=0).astype(np.float32) if recon else image01.astype(np.float32)
+    if recon:
+        reference = np.mean(refs, axis=0).astype(np.float32)
+    elif cfg.resolved_reference is Reference.AUTOENCODER:
+        reference = decode_latents(engines, z, timings)
+    else:
+        reference = image01.astype(np.float32)
     return Attribution(counterfactual, reference, timings)
 
 

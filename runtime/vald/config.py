@@ -35,7 +35,8 @@ class Reference(StrEnum):
 
     AUTO = "auto"
     INPUT = "input"
-    RECONSTRUCTION = "reconstruction"
+    RECONSTRUCTION = "reconstruction"  # the start latent denoised with the source conditioning
+    AUTOENCODER = "autoencoder"  # the input through the VAE alone (cancels what the VAE loses)
 
 
 class Backend(StrEnum):
@@ -93,9 +94,9 @@ class RunConfig:
     reference: Reference = Reference.AUTO
     finding_prompt: str = ""
     average: int = 1
-    strength: float = 0.6
+    strength: float = 0.7  # best of the sweep in benchmarks/results (removal vs collateral change)
     steps: int = 50
-    guidance: float = 7.0
+    guidance: float = 8.0
     eta: float = 0.0
     seed: int = 0
     scheduler: SchedulerKind = SchedulerKind.DDIM
@@ -130,8 +131,8 @@ class RunConfig:
                 raise ConfigError("mode=inversion needs scheduler=ddim and eta=0 (the deterministic DDIM ODE)")
             if self.average != 1:
                 raise ConfigError("average > 1 needs a stochastic mode (img2img or paired); inversion is deterministic")
-        if self.mode is Mode.PAIRED and self.reference is Reference.INPUT:
-            raise ConfigError("mode=paired compares two decodes; reference=input does not apply")
+        if self.mode is Mode.PAIRED and self.reference in (Reference.INPUT, Reference.AUTOENCODER):
+            raise ConfigError(f"mode=paired compares two decodes; reference={self.reference.value} does not apply")
 
     @property
     def resolved_reference(self) -> Reference:

@@ -172,8 +172,31 @@ def draw_finding(rng: np.random.Generator, kind: Finding | None = None) -> Findi
             return FindingSpec(kind, side=side, zone=zone, size=size)
 
 
+def _finding_density(
+    spec: FindingSpec, rng: np.random.Generator, g: Grid, anatomy: Anatomy, size: int
+) -> tuple[F32, F32]:
+    """The finding's extra density and the (possibly enlarged) heart mask."""
+    heart = anatomy.heart.mask(g)
+    lung = anatomy.lungs[0 if spec.side == "right" else 1]
+    large = spec.size == "large"
+    match spec.kind:
+        case Finding.CONSOLIDATION:
+            return _consolidation(rng, g, lung, str(spec.zone), large, size), heart
+        case Finding.NODULE:
+            return _nodule(rng, g, lung, str(spec.zone), large), heart
+        case Finding.EFFUSION:
+            return _effusion(rng, g, lung, large), heart
+        case Finding.CARDIOMEGALY:
+            factor = rng.uniform(1.35, 1.5) if large else rng.uniform(1.2, 1.3)
+            return np.zeros_like(g.x), anatomy.heart.enlarged(factor).mask(g)
+    return np.zeros_like(g.x), heart
+
+
 def make_phantom(seed: int, size: int = 128, kind: Finding | None = None) -> Phantom:
-    """Render case ``seed`` at ``size``² (finding drawn from the seed unless ``kind`` is given)."""
+    """Render case ``seed`` at ``size``² (finding drawn from the seed unless ``kind`` is given).
+
+    An abnormal case always has a lesion: a draw that leaves the mask empty (a faint blob) is redrawn.
+    """
     rng = np.random.default_rng([seed, 20251125])
     anatomy = draw_anatomy(rng)
     spec = draw_finding(rng, kind)
@@ -181,25 +204,15 @@ def make_phantom(seed: int, size: int = 128, kind: Finding | None = None) -> Pha
     g = Grid(x=g0.x - anatomy.shift, y=g0.y, edge=g0.edge)
     exposure = Exposure(gain=rng.uniform(1.6, 2.4), gamma=rng.uniform(0.85, 1.2), noise_sigma=rng.uniform(0.006, 0.016))
     noise = rng.standard_normal((size, size)).astype(np.float32)
-    finding_rng = np.random.default_rng([seed, 1])
     heart = anatomy.heart.mask(g)
-    extra = np.zeros_like(g.x)
-    lung = anatomy.lungs[0 if spec.side == "right" else 1]
-    large = spec.size == "large"
-    abnormal_heart = heart
-    match spec.kind:
-        case Finding.CONSOLIDATION:
-            extra = _consolidation(finding_rng, g, lung, str(spec.zone), large, size)
-        case Finding.NODULE:
-            extra = _nodule(finding_rng, g, lung, str(spec.zone), large)
-        case Finding.EFFUSION:
-            extra = _effusion(finding_rng, g, lung, large)
-        case Finding.CARDIOMEGALY:
-            factor = finding_rng.uniform(1.35, 1.5) if large else finding_rng.uniform(1.2, 1.3)
-            abnormal_heart = anatomy.heart.enlarged(factor).mask(g)
+    for attempt in range(20):
+        stream = [seed, 1] if attempt == 0 else [seed, 1, attempt]
+        extra, abnormal_heart = _finding_density(spec, np.random.default_rng(stream), g, anatomy, size)
+        # Cardiomegaly: wherever the silhouette changed (its soft edge included); otherwise the lesion itself.
+        mask = np.abs(abnormal_heart - heart) > 0.1 if spec.kind is Finding.CARDIOMEGALY else extra > 0.05
+        if spec.kind is Finding.NORMAL or mask.sum() >= 4:
+            break
     twin = _tone(_density(g, anatomy, size, heart, np.zeros_like(g.x)), exposure, noise)
     abnormal = _tone(_density(g, anatomy, size, abnormal_heart, extra), exposure, noise)
-    # Cardiomegaly: wherever the silhouette changed (its soft edge included); otherwise the lesion itself.
-    mask = np.abs(abnormal_heart - heart) > 0.1 if spec.kind is Finding.CARDIOMEGALY else extra > 0.05
     report = report_for(spec, np.random.default_rng([seed, 2]))
     return Phantom(seed=seed, finding=spec, abnormal=abnormal, twin=twin, mask=mask, report=report)
