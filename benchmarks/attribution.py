@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-only", action="store_true", help="only the strength × guidance sweep")
+    parser.add_argument(
+        "--only", help="re-measure only the methods whose name contains this; keep the rest of the JSON"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     base = RunConfig()
@@ -195,8 +198,13 @@ def main() -> None:
         (args.out / "attribution.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (args.out / "attribution.md").write_text(markdown(tables), encoding="utf-8")
 
-    report["induction"] = induction(args.engines, size)
-    print(f"induction: {report['induction']}", flush=True)
+    if args.only:  # update an earlier report in place
+        report = json.loads((args.out / "attribution.json").read_text(encoding="utf-8"))
+        report["partial"] = True
+        tables = report["tables"]
+    else:
+        report["induction"] = induction(args.engines, size)
+        print(f"induction: {report['induction']}", flush=True)
     runs = {
         name: (lambda m=method: score(m, cases(args.per_type, size)))
         for name, (method, _) in methods(args.engines, base).items()
@@ -205,6 +213,8 @@ def main() -> None:
         args.engines, base, args.paired_per_type, size, "paired"
     )
     for name, run in runs.items():
+        if args.only and args.only not in name:
+            continue
         t0 = time.perf_counter()
         tables[name] = summarise(run())
         report["seconds_per_method"][name] = time.perf_counter() - t0
@@ -213,6 +223,11 @@ def main() -> None:
             flush=True,
         )
         save()
+    if args.only:
+        report["partial"] = False
+        report["paired_held_out_per_type"] = args.paired_per_type
+        save()
+        return
     points = [] if args.no_sweep else sweep(args.engines, base, size, args.out)
     if args.no_sweep and (args.out / "sweep.json").is_file():  # a sweep run earlier with --sweep-only
         points = json.loads((args.out / "sweep.json").read_text(encoding="utf-8"))
