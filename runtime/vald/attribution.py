@@ -26,9 +26,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald.config import Mode, Reference, RunConfig, SchedulerKind
+from vald.errors import ConfigError
 from vald.pipeline import Engines, Timings, decode_latents, draw_noise, encode_image, make_denoiser, text_states
 from vald.sampling import Array, Denoiser, OnStep, add_noise, invert_ddim, sample_ddim, sample_dpmpp_2m
-from vald.schedules import plan_ddim, plan_dpmpp_2m
+from vald.schedules import DdimPlan, DpmPlan, plan_ddim, plan_dpmpp_2m
 from vald.spec import Component
 
 F32 = NDArray[np.float32]
@@ -61,21 +62,21 @@ class _Progress:
             self.on_step(self.done, self.total)
 
 
-def _sample(denoiser: Denoiser, x_t: Array, engines: Engines, cfg: RunConfig, seed: int, progress: _Progress) -> Array:
-    """Denoise ``x_t`` from the strength's timestep to x_0 with the configured sampler."""
+def _plan(engines: Engines, cfg: RunConfig) -> DdimPlan | DpmPlan:
+    """The configured sampler's plan from the strength's timestep down (computed once per call)."""
     if cfg.scheduler is SchedulerKind.DPMPP_2M:
-        return sample_dpmpp_2m(
-            denoiser, x_t, plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength), on_step=progress
-        )
-    plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
-    noises = draw_noise(seed + 7_919, x_t.shape, len(plan.timesteps)) if cfg.eta > 0 else None
-    return sample_ddim(denoiser, x_t, plan, eta=cfg.eta, noises=noises, on_step=progress)
+        return plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength)
+    return plan_ddim(engines.schedule, cfg.steps, cfg.strength)
 
 
-def _start_alpha_bar(engines: Engines, cfg: RunConfig) -> float:
-    if cfg.scheduler is SchedulerKind.DPMPP_2M:
-        return plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength).start_alpha_bar
-    return plan_ddim(engines.schedule, cfg.steps, cfg.strength).start_alpha_bar
+def _sample(
+    denoiser: Denoiser, x_t: Array, plan: DdimPlan | DpmPlan, eta: float, seed: int, progress: _Progress
+) -> Array:
+    """Denoise ``x_t`` from the plan's first timestep to x_0."""
+    if isinstance(plan, DpmPlan):
+        return sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress)
+    noises = draw_noise(seed + 7_919, x_t.shape, len(plan.timesteps)) if eta > 0 else None
+    return sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress)
 
 
 def _passes(cfg: RunConfig) -> int:
@@ -89,8 +90,8 @@ def _passes(cfg: RunConfig) -> int:
 def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep | None = None) -> Attribution:
     """Counterfactual and reference of ``image01`` (``[S, S]`` in [0, 1], ``S = engines.model.image_size``)."""
     timings = Timings()
-    steps_per_pass = _steps_per_pass(engines, cfg)
-    progress = _Progress(_passes(cfg) * steps_per_pass, on_step)
+    plan = _plan(engines, cfg)
+    progress = _Progress(_passes(cfg) * len(plan.timesteps), on_step)
     negative, target, source = np.split(
         text_states(engines, [cfg.negative_prompt, cfg.prompt, cfg.finding_prompt], timings), 3
     )
@@ -100,22 +101,23 @@ def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep
     recon = cfg.resolved_reference is Reference.RECONSTRUCTION
     starts: list[tuple[Array, int]]
     if cfg.mode is Mode.INVERSION:
+        if not isinstance(plan, DdimPlan):
+            raise ConfigError("mode=inversion needs scheduler=ddim")
         to_source = make_denoiser(unet, source if cfg.finding_prompt else negative, None, 1.0, timings)
-        plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
         starts = [(invert_ddim(to_source, z, plan, on_step=progress), cfg.seed)]
     else:
         guided_source = bool(cfg.finding_prompt)
         to_source = make_denoiser(
             unet, source if guided_source else negative, negative, cfg.guidance if guided_source else 1.0, timings
         )
-        alpha_bar = _start_alpha_bar(engines, cfg)
+        alpha_bar = plan.start_alpha_bar
         seeds = [cfg.seed + k for k in range(cfg.average)]
         starts = [(add_noise(z, draw_noise(s, z.shape, 1)[0], alpha_bar), s) for s in seeds]
     cfs, refs = [], []
     for x_t, seed in starts:
-        cfs.append(decode_latents(engines, _sample(to_target, x_t, engines, cfg, seed, progress), timings))
+        cfs.append(decode_latents(engines, _sample(to_target, x_t, plan, cfg.eta, seed, progress), timings))
         if recon:
-            refs.append(decode_latents(engines, _sample(to_source, x_t, engines, cfg, seed, progress), timings))
+            refs.append(decode_latents(engines, _sample(to_source, x_t, plan, cfg.eta, seed, progress), timings))
     counterfactual = np.mean(cfs, axis=0).astype(np.float32)
     if recon:
         reference = np.mean(refs, axis=0).astype(np.float32)
@@ -124,9 +126,3 @@ def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep
     else:
         reference = image01.astype(np.float32)
     return Attribution(counterfactual, reference, timings)
-
-
-def _steps_per_pass(engines: Engines, cfg: RunConfig) -> int:
-    if cfg.scheduler is SchedulerKind.DPMPP_2M:
-        return len(plan_dpmpp_2m(engines.schedule, cfg.steps, cfg.strength).timesteps)
-    return len(plan_ddim(engines.schedule, cfg.steps, cfg.strength).timesteps)

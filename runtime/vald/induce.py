@@ -70,10 +70,11 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
     plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
     noise = draw_noise(cfg.seed, z.shape, 1)[0]
     inside = latent_mask(mask01, engines.model.vae_scale_factor).astype(np.float64)
+    z64 = z.astype(np.float64)
 
     def keep_outside(x_prev: F64, i: int) -> F64:
         a = plan.alpha_bar_prev[i]
-        known = np.sqrt(a) * z.astype(np.float64) + np.sqrt(1 - a) * noise
+        known = np.sqrt(a) * z64 + np.sqrt(1 - a) * noise
         kept: F64 = inside * x_prev + (1.0 - inside) * known
         return kept
 
