@@ -22,7 +22,7 @@ DEMO_OUT ?= out/demo
 $(RUN_SETUP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(RUN_VENV)
 	$(RUN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(RUN_VENV)/bin/python -m pip install -q -c constraints.txt -e .
+	$(RUN_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dicom]'
 	touch $@
 
 demo: $(RUN_SETUP)

@@ -83,14 +83,19 @@ def test_unknown_config_key_is_an_error(engines: Path, small_png: Path, tmp_path
 
 
 def test_unreadable_and_missing_images(engines: Path, tmp_path: Path, capsys) -> None:
+    """A bad input is a failed input (exit 1, listed in the summary), named by index and hash only."""
     broken = tmp_path / "Doe^Jane.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     code, _, err = _run(capsys, str(broken), "--engines", str(engines), "--out", str(tmp_path / "o"))
-    assert code == 2 and "cannot be read" in err and "Doe" not in err
+    assert code == 1 and "input #1" in err and "cannot be read" in err and "Doe" not in err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["entries"][0]["status"] == "failed" and "Doe" not in json.dumps(summary)
     code, _, err = _run(capsys, str(tmp_path / "absent.png"), "--engines", str(engines), "--out", str(tmp_path / "o"))
-    assert code == 2 and "does not exist" in err
-    code, _, err = _run(capsys, str(tmp_path / "x.gif"), "--engines", str(engines), "--out", str(tmp_path / "o"))
-    assert code == 2 and "unsupported input type" in err
+    assert code == 1 and "does not exist" in err
+    gif = tmp_path / "x.gif"
+    gif.write_bytes(b"GIF89a")
+    code, _, err = _run(capsys, str(gif), "--engines", str(engines), "--out", str(tmp_path / "o"))
+    assert code == 1 and "unsupported input type" in err
 
 
 def test_engine_files_that_do_not_match_the_manifest(engines: Path, small_png: Path, tmp_path: Path, capsys) -> None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from vald import __version__
 from vald.attribution import attribute
@@ -25,6 +27,7 @@ from vald.pipeline import Engines
 from vald.render import CAUTION
 from vald.schedules import NoiseSchedule
 from vald.sessions import open_sessions
+from vald.sources import Source
 from vald.tokenizer import PromptTokenizer
 
 
@@ -44,7 +47,17 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
     return engines, provenance
 
 
-RUNTIME_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "tokenizers", "pillow", "torch", "diffusers")
+RUNTIME_PACKAGES = (
+    "numpy",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tokenizers",
+    "pillow",
+    "torch",
+    "diffusers",
+    "pydicom",
+    "highdicom",
+)
 
 
 def versions(packages: tuple[str, ...] = RUNTIME_PACKAGES) -> dict[str, str]:
@@ -72,21 +85,51 @@ def _settings(cfg: RunConfig) -> dict[str, Any]:
     return settings
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which outputs to write besides the PNG/NPY/JSON set."""
+
+    dicom: bool = True  # derived DICOM objects when the input is DICOM
+    segmentation: bool = False  # also the fractional Segmentation of |M|
+
+
+def settings_sha256(cfg: RunConfig, provenance: dict[str, Any], task: str, options: OutputOptions) -> str:
+    """Hash of everything that decides a result: settings, model, engine files, task and output options.
+
+    A finished output with the same hash is skipped on re-run; the derived DICOM UIDs include it.
+    """
+    blob = {
+        "settings": _settings(cfg),
+        "model_sha256": provenance.get("model_sha256"),
+        "engines": provenance.get("engine_files_sha256"),
+        "task": task,
+        "outputs": asdict(options),
+    }
+    return _sha(json.dumps(blob, sort_keys=True, default=str))
+
+
 def _result(
     cfg: RunConfig,
-    digest: str,
-    shape: tuple[int, ...],
+    source: Source,
     engines: Engines,
     description: str,
     stages: dict[str, float],
     started: float,
     provenance: dict[str, Any],
+    settings_sha: str,
 ) -> dict[str, Any]:
     """The content of ``result.json``: what was run, on what, with which engines, how long it took."""
     return {
         "caution": CAUTION,
-        "input": {"sha256": digest, "shape": list(shape), "model_size": engines.model.image_size},
+        "input": {
+            "sha256": source.sha256,
+            "key": source.key,
+            "shape": list(source.image.shape),
+            "model_size": engines.model.image_size,
+            **({"dicom": source.info} if source.is_dicom else {}),
+        },
         "settings": _settings(cfg),
+        "settings_sha256": settings_sha,
         "attribution": description,
         "timings_s": {**stages, "total": time.perf_counter() - started},
         "versions": versions(),
@@ -94,62 +137,90 @@ def _result(
     }
 
 
+def _dicom_extra(
+    source: Source,
+    generated: NDArray[np.float32],
+    signed_map: NDArray[np.float32],
+    provenance: dict[str, Any],
+    settings_sha: str,
+    task: str,
+    options: OutputOptions,
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    if not (options.dicom and source.is_dicom):
+        return {}, {}
+    from vald.dicom.derive import derived_files
+    from vald.dicom.writer import Provenance
+
+    prov = Provenance(settings_sha, str(provenance.get("model_sha256")), __version__, task)
+    files, uids = derived_files(
+        source.header, source.image, generated, signed_map, prov, segmentation=options.segmentation
+    )
+    return files, {"dicom_outputs": uids}
+
+
 def run_one(
-    image_path: Path,
+    source: Source,
     out_root: Path,
     engines: Engines,
     provenance: dict[str, Any],
     cfg: RunConfig,
     *,
+    options: OutputOptions = OutputOptions(),
     on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
-    """Counterfactual and attribution map of one image, written under ``out_root/<input hash>/``."""
+    """Counterfactual and attribution map of one input, written under ``out_root/<source.key>/``."""
     started = time.perf_counter()
-    native = read_image(image_path)
-    digest = hashlib.sha256(image_path.read_bytes()).hexdigest()
+    native = source.image
     box = Letterbox.fit(native.shape, engines.model.image_size)
-    model_input = box.to_model(native)
-    result_m = attribute(engines, model_input, cfg, on_step=on_step)
-    signed_map = box.to_native(result_m.signed_map)
+    result_m = attribute(engines, box.to_model(native), cfg, on_step=on_step)
+    signed_map = box.to_native(result_m.signed_map).astype(np.float32)
     cf_native = box.to_native(result_m.counterfactual)
     description = (
         f"signed map M = {cfg.resolved_reference.value} - counterfactual ({cfg.mode.value}), "
         "computed at model resolution, resized to native"
     )
-    result = _result(cfg, digest, native.shape, engines, description, result_m.timings.stages, started, provenance)
-    out_dir = out_root / digest[:16]
+    settings_sha = settings_sha256(cfg, provenance, "attribution", options)
+    result = _result(cfg, source, engines, description, result_m.timings.stages, started, provenance, settings_sha)
+    extra, uids = _dicom_extra(source, cf_native, signed_map, provenance, settings_sha, "attribution", options)
+    result.update(uids)
+    out_dir = out_root / source.key
     titles = ("input", "normal counterfactual", f"{cfg.resolved_reference.value} - counterfactual")
-    write_outputs(out_dir, native, cf_native, signed_map.astype(np.float32), result, titles=titles)
+    write_outputs(out_dir, native, cf_native, signed_map, result, titles=titles, extra=extra)
     return out_dir
 
 
 def induce_one(
-    image_path: Path,
+    source: Source,
     mask_path: Path,
     out_root: Path,
     engines: Engines,
     provenance: dict[str, Any],
     cfg: RunConfig,
     *,
+    options: OutputOptions = OutputOptions(),
     on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Add ``cfg.prompt``'s finding inside the mask; outputs as ``run_one`` (the map is induced - input)."""
     started = time.perf_counter()
-    native, mask_native = read_image(image_path), read_image(mask_path)
+    native, mask_native = source.image, read_image(mask_path)
     if mask_native.shape != native.shape:
         raise InputError(
             f"mask is {mask_native.shape[1]}x{mask_native.shape[0]}, image is {native.shape[1]}x{native.shape[0]}"
         )
-    digest = hashlib.sha256(image_path.read_bytes() + mask_path.read_bytes()).hexdigest()
+    mask_sha = hashlib.sha256(mask_path.read_bytes()).hexdigest()
     box = Letterbox.fit(native.shape, engines.model.image_size)
     induced = induce(engines, box.to_model(native), box.to_model(mask_native), cfg, on_step=on_step)
     change = box.to_native(induced.image) - box.to_native(box.to_model(native))
     out_native = np.clip(native + change, 0.0, 1.0).astype(np.float32)
     description = "signed map = induced - input (masked img2img toward the finding prompt)"
-    result = _result(cfg, digest, native.shape, engines, description, induced.timings.stages, started, provenance)
+    settings_sha = _sha(settings_sha256(cfg, provenance, "induction", options) + mask_sha)
+    result = _result(cfg, source, engines, description, induced.timings.stages, started, provenance, settings_sha)
     result["settings"]["task"] = "induce"
-    out_dir = out_root / digest[:16]
+    result["input"]["mask_sha256"] = mask_sha
     change_map = (out_native - native).astype(np.float32)
+    extra, uids = _dicom_extra(source, out_native, change_map, provenance, settings_sha, "induction", options)
+    result.update(uids)
+    out_dir = out_root / _sha(source.key + mask_sha)[:16]
     titles = ("input", "induced", "induced - input")
-    write_outputs(out_dir, native, out_native, change_map, result, image_name=INDUCED, titles=titles)
+    write_outputs(out_dir, native, out_native, change_map, result, image_name=INDUCED, titles=titles, extra=extra)
     return out_dir

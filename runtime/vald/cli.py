@@ -1,4 +1,9 @@
-"""The ``vald`` command line.  Errors print one line (no traceback) and exit 2."""
+"""The ``vald`` command line.
+
+Exit status: 0 when every input succeeded (or was already finished), 1 when any input failed (the
+others are still processed; see summary.json), 2 for a usage, settings or engine error.
+Errors print one line, no traceback, and name inputs by index and hash only.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vald.app import OutputOptions, versions
 from vald.config import INDUCE_DEFAULTS, Backend, Mode, Precision, Provider, Reference, RunConfig, SchedulerKind
+from vald.dicom.reader import MODALITIES
 from vald.errors import ValdError
+from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
 
@@ -33,13 +41,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=[b.value for b in Backend])
     p.add_argument("--provider", choices=[x.value for x in Provider])
     p.add_argument("--precision", choices=[x.value for x in Precision])
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true", help="no progress output (failures are still reported)")
+    p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
+    p.add_argument("--no-dicom-out", action="store_true", help="no derived DICOM objects for DICOM inputs")
+    p.add_argument("--segmentation", action="store_true", help="also a fractional DICOM Segmentation of |M|")
 
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("run", help="normal counterfactual and attribution map of an image")
-    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF)")
+    p = sub.add_parser("run", help="normal counterfactuals and attribution maps of images, DICOM files or folders")
+    p.add_argument(
+        "inputs", type=Path, nargs="+", metavar="FOLDER_OR_FILE", help="DICOM (CR/DX), PNG, JPEG or TIFF; folders"
+    )
     _common(p)
+    p.add_argument("--force", action="store_true", help="redo inputs already finished with the same settings")
+    p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--prompt", help="target (normal) prompt")
     p.add_argument("--mode", choices=[m.value for m in Mode], help="img2img, inversion (default) or paired")
     p.add_argument(
@@ -48,7 +63,7 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--finding-prompt", help="the finding's text (paired: required; inversion: inversion prompt)")
     p.add_argument("--average", type=int, help="seeds averaged in img2img/paired (default 1)")
     p = sub.add_parser("induce", help="add a named finding inside a mask (masked img2img)")
-    p.add_argument("image", type=Path, help="input image (PNG, JPEG, TIFF)")
+    p.add_argument("image", type=Path, help="input image: DICOM (CR/DX), PNG, JPEG or TIFF")
     p.add_argument("--mask", type=Path, required=True, help="mask image, same size as the input; white = inside")
     p.add_argument("--prompt", required=True, help="the finding to add, e.g. 'left lower zone consolidation'")
     _common(p)
@@ -82,40 +97,89 @@ def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
 
-def _progress(quiet: bool) -> Callable[[int, int], None] | None:
+def _progress(quiet: bool, prefix: str = "") -> Callable[[int, int], None] | None:
     if quiet:
         return None
     tty = sys.stderr.isatty()
 
     def progress(step: int, total: int) -> None:
+        line = f"{prefix}denoising step {step}/{total}"
         if tty:
-            print(f"\rdenoising step {step}/{total}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+            print(f"\r{line}", end="\n" if step == total else "", file=sys.stderr, flush=True)
         elif step == total or step % max(1, total // 10) == 0:
-            print(f"denoising step {step}/{total}", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     return progress
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from vald.app import induce_one, open_engines, run_one
+def _options(args: argparse.Namespace) -> OutputOptions:
+    return OutputOptions(dicom=not args.no_dicom_out, segmentation=args.segmentation)
 
-    base = INDUCE_DEFAULTS if args.command == "induce" else RunConfig()
-    cfg = _config(args, base)
+
+def _loader(args: argparse.Namespace) -> Callable[[Path], Source]:
+    modalities = None if args.any_modality else MODALITIES
+    return lambda path: load(path, modalities=modalities)
+
+
+def _cmd_induce(args: argparse.Namespace) -> int:
+    from vald.app import induce_one, open_engines
+
+    cfg = _config(args, INDUCE_DEFAULTS)
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
-    if args.command == "induce":
-        out_dir = induce_one(args.image, args.mask, args.out, engines, provenance, cfg, on_step=_progress(args.quiet))
-    else:
-        out_dir = run_one(args.image, args.out, engines, provenance, cfg, on_step=_progress(args.quiet))
+    source = _loader(args)(args.image)
+    out_dir = induce_one(
+        source, args.mask, args.out, engines, provenance, cfg, options=_options(args), on_step=_progress(args.quiet)
+    )
     print(out_dir)
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from vald.app import open_engines, run_one, settings_sha256
+    from vald.batch import Entry, Status, collect, run_batch
+    from vald.report import write_report
+
+    cfg = _config(args, RunConfig())
+    inputs = collect(args.inputs, exclude=args.out)
+    engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
+    options = _options(args)
+    settings_sha = settings_sha256(cfg, provenance, "attribution", options)
+
+    def process(source: Source, entry: Entry) -> Path:
+        prefix = f"[{entry.index}/{len(inputs)}] "
+        return run_one(
+            source, args.out, engines, provenance, cfg, options=options, on_step=_progress(args.quiet, prefix)
+        )
+
+    def event(entry: Entry, total: int) -> None:
+        label = f"[{entry.index}/{total}] input #{entry.index}"
+        if entry.status == Status.FAILED:
+            print(f"vald: {label} (sha256 {entry.input_sha256[:12] or 'n/a'}) failed: {entry.error}", file=sys.stderr)
+        elif entry.status and not args.quiet:
+            note = f" ({entry.error})" if entry.error else ""
+            print(f"{label}: {entry.status}{note} in {entry.seconds:.1f} s", file=sys.stderr, flush=True)
+        if entry.status in (Status.DONE, Status.SKIPPED):
+            print(args.out / entry.output, flush=True)
+
+    info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": versions()["vald"]}
+    summary = run_batch(
+        inputs, args.out, settings_sha, _loader(args), process, run_info=info, force=args.force, on_event=event
+    )
+    report = None if args.no_report else write_report(args.out, summary)
+    counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items())
+    tail = f"; report: {report}" if report else ""
+    print(f"vald: {len(inputs)} input(s): {counts}; summary: {args.out / 'summary.json'}{tail}", file=sys.stderr)
+    return 1 if summary.failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command in ("run", "induce"):
+        if args.command == "run":
             return _cmd_run(args)
+        if args.command == "induce":
+            return _cmd_induce(args)
         try:
             from vald_export import cli as export_cli  # the export tool is a separate, torch-using package
         except ImportError as exc:

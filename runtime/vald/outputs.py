@@ -1,4 +1,4 @@
-"""Writing results atomically: counterfactual PNG, signed map NPY, triptych PNG, result.json."""
+"""Writing results atomically: counterfactual PNG, signed map NPY, triptych PNG, previews, result.json."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vald.render import TITLES, triptych
+from vald.render import TITLES, heat_rgba, symmetric_limit, triptych
 
 COUNTERFACTUAL = "counterfactual.png"
 ATTRIBUTION = "attribution.npy"
 TRIPTYCH = "triptych.png"
 RESULT = "result.json"
 INDUCED = "induced.png"
+INPUT = "input.png"
+HEATMAP = "heatmap.png"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -43,6 +45,13 @@ def png16(image01: NDArray[np.float32]) -> bytes:
     return buf.getvalue()
 
 
+def png_rgba(rgba: NDArray[np.uint8]) -> bytes:
+    """An RGBA PNG."""
+    buf = io.BytesIO()
+    Image.fromarray(rgba, mode="RGBA").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def write_outputs(
     out_dir: Path,
     input01: NDArray[np.float32],
@@ -52,13 +61,20 @@ def write_outputs(
     *,
     image_name: str = COUNTERFACTUAL,
     titles: tuple[str, str, str] = TITLES,
+    extra: Mapping[str, bytes] | None = None,
 ) -> dict[str, Path]:
-    """Write the four outputs (native resolution); ``result.json`` last, so its presence means complete.
+    """Write the outputs (native resolution); ``result.json`` last, so its presence means complete.
 
     ``image_name`` names the generated image's PNG (``induced.png`` for induction); ``titles`` label the
-    triptych's panels.
+    triptych's panels; ``extra`` are further files (the derived DICOM objects).  ``input.png`` is the input
+    as the model saw it (after the DICOM grey-level transforms) and ``heatmap.png`` the map alone as RGBA.
     """
-    paths = {name: out_dir / name for name in (image_name, ATTRIBUTION, TRIPTYCH, RESULT)}
+    names = (image_name, ATTRIBUTION, TRIPTYCH, INPUT, HEATMAP, *(extra or {}), RESULT)
+    paths = {name: out_dir / name for name in names}
+    for name, data in (extra or {}).items():
+        write_atomic(paths[name], data)
+    write_atomic(paths[INPUT], png16(input01))
+    write_atomic(paths[HEATMAP], png_rgba(heat_rgba(signed_map, symmetric_limit(signed_map))))
     write_atomic(paths[image_name], png16(counterfactual01))
     buf = io.BytesIO()
     np.save(buf, signed_map.astype(np.float32), allow_pickle=False)

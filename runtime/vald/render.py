@@ -37,25 +37,72 @@ def symmetric_limit(signed_map: NDArray[np.float32]) -> float:
     return max(float(np.percentile(np.abs(signed_map), 99.5)), 1e-6)
 
 
+MAX_ALPHA = 0.85
+
+
+def heat_alpha(signed_map: NDArray[np.float32], vmax: float) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Colour (``[H, W, 3]`` in [0, 1]) and opacity (``[H, W, 1]``) of the heat map: opacity grows with |M|."""
+    norm = signed_map / vmax
+    return diverging(norm), (np.clip(np.abs(norm), 0.0, 1.0)[..., None] * MAX_ALPHA).astype(np.float32)
+
+
+def heat_rgba(signed_map: NDArray[np.float32], vmax: float) -> NDArray[np.uint8]:
+    """The heat map alone as RGBA (``[H, W, 4]`` uint8), to lay over the input (the HTML report)."""
+    colour, alpha = heat_alpha(signed_map, vmax)
+    out: NDArray[np.uint8] = (np.concatenate([colour, alpha], axis=-1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
 def overlay(gray01: NDArray[np.float32], signed_map: NDArray[np.float32], vmax: float) -> NDArray[np.uint8]:
     """Signed map over the grey image: colour by sign and size, opacity by |M| / vmax."""
     base = np.repeat(gray01[..., None], 3, axis=-1)
-    norm = signed_map / vmax
-    alpha = np.clip(np.abs(norm), 0.0, 1.0)[..., None] * 0.85
-    rgb = (1 - alpha) * base + alpha * diverging(norm)
+    colour, alpha = heat_alpha(signed_map, vmax)
+    rgb = (1 - alpha) * base + alpha * colour
     out: NDArray[np.uint8] = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
     return out
 
 
+def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at ``size`` pixels (the fixed bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()
+
+
 def colour_bar(height: int, vmax: float, width: int = 64) -> Image.Image:
-    """A vertical bar from -vmax (bottom) to +vmax (top) with three labels."""
-    bar = diverging(np.linspace(1.0, -1.0, height))[:, None, :].repeat(16, axis=1)
+    """A vertical bar from -vmax (bottom) to +vmax (top) with three labels, scaled to ``width``."""
+    scale = width / 64
+    bar_w, text_px = max(16, round(16 * scale)), max(10, round(11 * scale))
+    bar = diverging(np.linspace(1.0, -1.0, height))[:, None, :].repeat(bar_w, axis=1)
     canvas = Image.new("RGB", (width, height), (0, 0, 0))
     canvas.paste(Image.fromarray((bar * 255).astype(np.uint8)), (2, 0))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for y, label in ((0, f"+{vmax:.3f}"), (height // 2 - 5, "0"), (height - 12, f"-{vmax:.3f}")):
-        draw.text((20, max(0, y)), label, fill=(255, 255, 255), font=font)
+    draw, face = ImageDraw.Draw(canvas), font(text_px)
+    x = bar_w + max(4, round(4 * scale))
+    for y, label in ((0, f"+{vmax:.3f}"), (height // 2 - text_px // 2, "0"), (height - text_px - 2, f"-{vmax:.3f}")):
+        draw.text((x, max(0, y)), label, fill=(255, 255, 255), font=face)
     return canvas
+
+
+def with_caution(image: Image.Image, text: str = CAUTION) -> Image.Image:
+    """``image`` with a band below it carrying the caution line (burned into the pixels)."""
+    band = max(16, image.height // 40)
+    canvas = Image.new(image.mode, (image.width, image.height + band), 0 if image.mode in ("L", "I;16") else (0, 0, 0))
+    canvas.paste(image, (0, 0))
+    fill = 255 if image.mode == "L" else (65535 if image.mode == "I;16" else (255, 200, 0))
+    ImageDraw.Draw(canvas).text((band // 4, image.height + band // 8), text, fill=fill, font=font(band * 3 // 4))
+    return canvas
+
+
+def overlay_figure(gray01: NDArray[np.float32], signed_map: NDArray[np.float32]) -> Image.Image:
+    """The heat map over the input at native resolution, with a colour bar and the caution line burned in."""
+    h, w = gray01.shape
+    vmax = symmetric_limit(signed_map)
+    bar = colour_bar(h, vmax, width=max(64, h // 10))
+    canvas = Image.new("RGB", (w + bar.width, h), (0, 0, 0))
+    canvas.paste(Image.fromarray(overlay(gray01, signed_map, vmax)), (0, 0))
+    canvas.paste(bar, (w, 0))
+    return with_caution(canvas)
 
 
 TITLES = ("input", "normal counterfactual", "input - counterfactual")
@@ -84,10 +131,10 @@ def triptych(
     header, footer = 16, 16
     bar = colour_bar(h, vmax)
     canvas = Image.new("RGB", (3 * w + bar.width, h + header + footer), (0, 0, 0))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    draw, face = ImageDraw.Draw(canvas), ImageFont.load_default()
     for i, (panel, title) in enumerate(zip(panels, titles, strict=True)):
         canvas.paste(Image.fromarray(panel), (i * w, header))
-        draw.text((i * w + 4, 2), title, fill=(255, 255, 255), font=font)
+        draw.text((i * w + 4, 2), title, fill=(255, 255, 255), font=face)
     canvas.paste(bar, (3 * w, header))
-    draw.text((4, h + header + 2), CAUTION, fill=(255, 200, 0), font=font)
+    draw.text((4, h + header + 2), CAUTION, fill=(255, 200, 0), font=face)
     return canvas

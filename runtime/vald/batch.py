@@ -1,0 +1,181 @@
+"""Many inputs in one run: collect, skip what is finished, never stop on a bad file, keep a summary.
+
+Inputs are named in the summary, on the terminal and in errors by their **index** (position in the
+sorted list of inputs) and a prefix of their **content hash**, never by file name (file names of
+exported studies often carry patient names or IDs).  ``sha256sum`` finds the file of a hash.
+
+The summary (``summary.json`` and ``summary.csv``) is rewritten atomically after every input, so a
+crash leaves it valid; a re-run skips every input whose ``result.json`` carries the same settings hash.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from vald.errors import InputError, ValdError
+from vald.outputs import RESULT, write_atomic
+from vald.sources import Source
+
+SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
+# Files a folder walk passes over: not images, or our own outputs.
+IGNORED_SUFFIXES = frozenset({".json", ".csv", ".txt", ".md", ".html", ".htm", ".xml", ".log", ".npy", ".zip", ".pdf"})
+IGNORED_NAMES = frozenset({"DICOMDIR", "LOCKFILE", "VERSION"})
+
+
+class Status:
+    """Per-input outcomes."""
+
+    DONE = "done"
+    SKIPPED = "skipped"  # finished earlier with the same settings, or a duplicate instance
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"  # the run was stopped (Ctrl-C) while this input was in progress
+
+
+@dataclass
+class Entry:
+    """One input's line in the summary."""
+
+    index: int
+    status: str = ""
+    input_sha256: str = ""
+    output: str = ""
+    error: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Summary:
+    """The whole run."""
+
+    settings_sha256: str
+    started: str
+    entries: list[Entry] = field(default_factory=list)
+    finished: str = ""
+    run: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> int:
+        """How many inputs failed."""
+        return sum(e.status == Status.FAILED for e in self.entries)
+
+    def counts(self) -> dict[str, int]:
+        """Inputs per status."""
+        out: dict[str, int] = {}
+        for e in self.entries:
+            out[e.status] = out.get(e.status, 0) + 1
+        return out
+
+
+def collect(paths: Sequence[Path], exclude: Path | None = None) -> list[Path]:
+    """Files given, and every file under folders given (recursively, sorted); our own outputs left out."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file()):
+                rel = child.relative_to(path)
+                if any(part.startswith(".") for part in rel.parts) or child.name in IGNORED_NAMES:
+                    continue
+                if child.suffix.lower() in IGNORED_SUFFIXES:
+                    continue
+                if exclude is not None and child.resolve().is_relative_to(exclude.resolve()):
+                    continue
+                found.append(child)
+        else:
+            found.append(path)  # a missing file is reported as a failure of its own, not here
+    if not found:
+        raise InputError("no input files found")
+    return found
+
+
+def finished(out_dir: Path, settings_sha: str) -> bool:
+    """True if ``out_dir`` holds a complete result made with these settings."""
+    try:
+        return bool(json.loads((out_dir / RESULT).read_text()).get("settings_sha256") == settings_sha)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _csv(summary: Summary) -> bytes:
+    buf = io.StringIO()
+    names = [f for f in Entry.__dataclass_fields__]
+    writer = csv.DictWriter(buf, fieldnames=names, lineterminator="\n")
+    writer.writeheader()
+    for entry in summary.entries:
+        writer.writerow(asdict(entry))
+    return buf.getvalue().encode()
+
+
+def write_summary(out_root: Path, summary: Summary) -> None:
+    """``summary.json`` and ``summary.csv``, atomically."""
+    body = {**asdict(summary), "counts": summary.counts()}
+    write_atomic(out_root / SUMMARY_JSON, (json.dumps(body, indent=2) + "\n").encode())
+    write_atomic(out_root / SUMMARY_CSV, _csv(summary))
+
+
+def now() -> str:
+    """UTC time stamp, ISO 8601."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+Events = Callable[[Entry, int], None]
+
+
+def run_batch(
+    paths: Iterable[Path],
+    out_root: Path,
+    settings_sha: str,
+    load: Callable[[Path], Source],
+    process: Callable[[Source, Entry], Path],
+    *,
+    run_info: dict[str, Any] | None = None,
+    force: bool = False,
+    on_event: Events | None = None,
+) -> Summary:
+    """Load and process each input; a failure is recorded and the batch goes on.
+
+    ``on_event(entry, total)`` is called when an input starts (status "") and when it ends.
+    """
+    inputs = list(paths)
+    summary = Summary(settings_sha, now(), run=dict(run_info or {}))
+    seen: dict[str, int] = {}
+    for index, path in enumerate(inputs, start=1):
+        entry = Entry(index)
+        summary.entries.append(entry)
+        if on_event:
+            on_event(entry, len(inputs))
+        started = time.perf_counter()
+        try:
+            source = load(path)
+            entry.input_sha256, entry.output = source.sha256, source.key
+            if source.key in seen:
+                entry.status, entry.error = Status.SKIPPED, f"same instance as input #{seen[source.key]}"
+            elif not force and finished(out_root / source.key, settings_sha):
+                entry.status = Status.SKIPPED
+            else:
+                seen[source.key] = index
+                process(source, entry)
+                entry.status = Status.DONE
+            seen.setdefault(source.key, index)
+        except KeyboardInterrupt:
+            entry.status = Status.INTERRUPTED
+            write_summary(out_root, summary)
+            raise
+        except ValdError as exc:
+            entry.status, entry.error = Status.FAILED, str(exc)
+        except Exception as exc:  # a bad file never stops a batch; the type is safe to show, the text may not be
+            entry.status, entry.error = Status.FAILED, f"internal error ({type(exc).__name__}); please report it"
+        entry.seconds = round(time.perf_counter() - started, 3)
+        write_summary(out_root, summary)
+        if on_event:
+            on_event(entry, len(inputs))
+    summary.finished = now()
+    write_summary(out_root, summary)
+    return summary

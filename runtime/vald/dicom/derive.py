@@ -1,0 +1,44 @@
+"""The derived DICOM files of one result, as bytes ready to be written (names -> bytes, plus their UIDs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from vald.dicom.reader import quiet_dicom
+from vald.dicom.writer import Provenance, attribution_seg, grey_sc, overlay_sc, to_bytes
+from vald.render import overlay_figure, with_caution
+
+OVERLAY_DCM = "overlay.dcm"
+GENERATED_DCM = "counterfactual.dcm"
+INDUCED_DCM = "induced.dcm"
+SEGMENTATION_DCM = "segmentation.dcm"
+
+
+def derived_files(
+    header: Any,
+    input01: NDArray[np.float32],
+    generated01: NDArray[np.float32],
+    signed_map: NDArray[np.float32],
+    prov: Provenance,
+    *,
+    segmentation: bool,
+) -> tuple[dict[str, bytes], dict[str, dict[str, str]]]:
+    """Overlay SC, generated-image SC and (optionally) the |M| Segmentation, at the source's native matrix."""
+    figure = np.asarray(overlay_figure(input01, signed_map).convert("RGB"), dtype=np.uint8)
+    grey = Image.fromarray((np.clip(generated01, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16))
+    grey16 = np.asarray(with_caution(grey), dtype=np.uint16)
+    with quiet_dicom():
+        objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
+        objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
+        if segmentation:
+            objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, prov)
+        files = {name: to_bytes(ds) for name, ds in objects.items()}
+    uids = {
+        name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}
+        for name, ds in objects.items()
+    }
+    return files, uids

@@ -1,0 +1,225 @@
+"""Derived DICOM objects: RGB overlay and counterfactual Secondary Captures, a fractional Segmentation of |M|.
+
+Every object keeps the study (and patient) of its source, gets its own series and instance, refers to
+its source (Referenced and Source Image Sequence), has a Series Description beginning "Not for
+diagnostic use" and names vald, its version and the model hash under Contributing Equipment.
+
+UIDs are derived (``2.25.`` + a hash) from the source's UIDs, the output kind, the settings and the
+model: a re-run with the same settings writes the same UIDs, so a PACS does not get duplicates.
+
+Why a Segmentation and not a Parametric Map: highdicom's Parametric Map refuses projection
+radiographs as its source (highdicom 0.28.2); a FRACTIONAL Segmentation carries |M| scaled to
+0..1 on the source's own pixel matrix and overlays in viewers that support SEG.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vald.errors import ValdError
+from vald.render import CAUTION, symmetric_limit
+
+# Output kind -> (Series Number, what follows "Not for diagnostic use - " in the Series Description).
+SERIES: dict[str, tuple[int, str]] = {
+    "overlay": (9101, "vald attribution overlay"),
+    "counterfactual": (9102, "vald normal counterfactual"),
+    "segmentation": (9103, "vald attribution |M| (fractional SEG)"),
+    "induced-overlay": (9111, "vald induced change overlay"),
+    "induced": (9112, "vald induced finding (synthetic)"),
+    "induced-segmentation": (9113, "vald induced change (fractional SEG)"),
+}
+NOT_FOR_DIAGNOSIS = "Not for diagnostic use"
+MANUFACTURER = "vald"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made the derived objects: it enters their UIDs and their Contributing Equipment."""
+
+    settings_sha256: str
+    model_sha256: str
+    version: str
+    task: str  # "attribution" or "induction"
+
+    def kind(self, base: str) -> str:
+        """The output kind for this task ("overlay" -> "induced-overlay" for induction)."""
+        if self.task != "induction":
+            return base
+        return "induced" if base == "counterfactual" else f"induced-{base}"
+
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic ``2.25.`` UID from ``parts``."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(prefix=None, entropy_srcs=["vald-derived", *parts]))
+
+
+# Type 2 patient/study attributes highdicom copies from the source: present but empty when the source lacks them
+# (de-identified files often do).
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+
+
+def _source_copy(header: Any, drop: tuple[str, ...] = ()) -> Any:
+    """A copy of the source header for highdicom: empty Type 2 attributes where missing, ``drop`` removed."""
+    source = header.copy()
+    for name in TYPE2_COPIED:
+        if name not in source:
+            setattr(source, name, None)
+    for name in drop:
+        if name in source:
+            delattr(source, name)
+    return source
+
+
+def _uids(header: Any, kind: str, prov: Provenance) -> tuple[str, str]:
+    series = derived_uid(str(header.SeriesInstanceUID), kind, prov.settings_sha256, prov.model_sha256)
+    sop = derived_uid(str(header.SOPInstanceUID), kind, prov.settings_sha256, prov.model_sha256)
+    return series, sop
+
+
+def _equipment(prov: Provenance) -> Any:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=f"vald model sha256 {prov.model_sha256[:16]}",
+        software_versions=prov.version,
+        contribution_description=(
+            f"{NOT_FOR_DIAGNOSIS}. vald {prov.version} {prov.task} by latent diffusion; "
+            f"model sha256 {prov.model_sha256}; settings sha256 {prov.settings_sha256}"
+        ),
+    )
+
+
+def _reference(header: Any) -> Any:
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ReferencedSOPClassUID = header.SOPClassUID
+    item.ReferencedSOPInstanceUID = header.SOPInstanceUID
+    return item
+
+
+def _label(ds: Any, header: Any, kind: str, prov: Provenance) -> None:
+    """The attributes every derived object carries besides what highdicom sets."""
+    ds.SeriesDescription = f"{NOT_FOR_DIAGNOSIS} - {SERIES[kind][1]}"[:64]
+    ds.ReferencedImageSequence = [_reference(header)]
+    ds.SourceImageSequence = [_reference(header)]
+    ds.DerivationDescription = f"{SERIES[kind][1]}; {NOT_FOR_DIAGNOSIS.lower()}; vald {prov.version}"
+    ds.ImageComments = f"{CAUTION}. model sha256 {prov.model_sha256[:16]}, settings sha256 {prov.settings_sha256[:16]}"
+
+
+def _secondary_capture(header: Any, pixels: NDArray[Any], photometric: str, kind: str, prov: Provenance) -> Any:
+    import highdicom as hd
+
+    series_uid, sop_uid = _uids(header, kind, prov)
+    ds = hd.sc.SCImage.from_ref_dataset(
+        _source_copy(header),
+        pixels,
+        photometric,
+        8 if pixels.dtype == np.uint8 else 16,
+        "PATIENT",
+        series_uid,
+        SERIES[kind][0],
+        sop_uid,
+        int(header.get("InstanceNumber", 1) or 1),
+        MANUFACTURER,
+        patient_orientation=("L", "F"),  # placeholder, replaced by the source's own value just below
+        contributing_equipment=[_equipment(prov)],
+    )
+    # Patient Orientation is type 2 here: copy the source's, or leave it empty rather than invent one.
+    orientation: Any = header.get("PatientOrientation", None) or None
+    ds.PatientOrientation = orientation
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.BurnedInAnnotation = "YES"
+    _label(ds, header, kind, prov)
+    return ds
+
+
+def overlay_sc(header: Any, figure_rgb: NDArray[np.uint8], prov: Provenance) -> Any:
+    """RGB Secondary Capture of the heat-map figure (overlay, colour bar, caution line burned in)."""
+    if figure_rgb.ndim != 3 or figure_rgb.shape[2] != 3 or figure_rgb.dtype != np.uint8:
+        raise ValdError("the overlay figure must be an RGB uint8 array")
+    return _secondary_capture(header, np.ascontiguousarray(figure_rgb), "RGB", prov.kind("overlay"), prov)
+
+
+def grey_sc(header: Any, figure16: NDArray[np.uint16], prov: Provenance) -> Any:
+    """16-bit MONOCHROME2 Secondary Capture of the generated image (caution line burned in)."""
+    ds = _secondary_capture(header, np.ascontiguousarray(figure16), "MONOCHROME2", prov.kind("counterfactual"), prov)
+    ds.WindowCenter, ds.WindowWidth = 32768, 65536
+    return ds
+
+
+def attribution_seg(header: Any, signed_map: NDArray[np.float32], prov: Provenance) -> Any:
+    """FRACTIONAL Segmentation of |M| / (99.5th percentile of |M|), clipped to 1, on the source's matrix.
+
+    The source's spacing attributes are left out of the copy handed to highdicom: a projection
+    radiograph has no slice thickness, and highdicom 0.28.2 cannot read back a Pixel Measures
+    Sequence without one.  The SEG is tied to its source pixel for pixel by reference instead.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if signed_map.shape != (int(header.Rows), int(header.Columns)):
+        raise ValdError("the attribution map must be on the source's pixel matrix")
+    source = _source_copy(header, drop=("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"))
+    kind = prov.kind("segmentation")
+    series_uid, sop_uid = _uids(header, kind, prov)
+    fraction = np.clip(np.abs(signed_map) / symmetric_limit(signed_map), 0.0, 1.0).astype(np.float32)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="vald", family=codes.cid7162.ArtificialIntelligence, version=prov.version
+    )
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label="attribution |M|" if prov.task != "induction" else "induced change",
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type="AUTOMATIC",
+        algorithm_identification=algorithm,
+    )
+    ds = hd.seg.Segmentation(
+        source_images=[source],
+        pixel_array=fraction,
+        segmentation_type="FRACTIONAL",
+        segment_descriptions=[segment],
+        series_instance_uid=series_uid,
+        series_number=SERIES[kind][0],
+        sop_instance_uid=sop_uid,
+        instance_number=int(header.get("InstanceNumber", 1) or 1),
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=f"vald model sha256 {prov.model_sha256[:16]}",
+        software_versions=prov.version,
+        device_serial_number="none",
+        fractional_type="PROBABILITY",
+        max_fractional_value=255,
+        content_description=f"{NOT_FOR_DIAGNOSIS}: |M| scaled by its 99.5th percentile",
+        contributing_equipment=[_equipment(prov)],
+        omit_empty_frames=False,
+    )
+    _label(ds, header, kind, prov)
+    return ds
+
+
+def to_bytes(ds: Any) -> bytes:
+    """The object as a DICOM Part 10 file."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()

@@ -1,0 +1,72 @@
+"""One input, ready for the model: displayed pixels, a content hash, its output name and its DICOM header.
+
+Output folders are named by a hash: of the SOP Instance UID for DICOM (the same instance sent twice
+lands in the same folder), of the file's bytes otherwise.  Never by file or patient names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vald.errors import InputError
+from vald.imageio import read_image
+
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+KEY_CHARS = 16
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input image as the pipeline needs it."""
+
+    image: NDArray[np.float32]
+    sha256: str
+    key: str
+    header: Any = field(default=None, repr=False)  # pydicom Dataset without pixel data (DICOM only)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_dicom(self) -> bool:
+        """True when the input was DICOM (derived DICOM objects can be written)."""
+        return self.header is not None
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """By suffix, or by the 'DICM' magic for suffix-less files (as PACS exports often are)."""
+    from vald.dicom.reader import is_dicom
+
+    return path.suffix.lower() in DICOM_SUFFIXES or is_dicom(path)
+
+
+def load(path: Path, *, modalities: tuple[str, ...] | None = ("CR", "DX")) -> Source:
+    """Read an image file or a DICOM radiograph (``modalities=None`` accepts any DICOM modality)."""
+    if not path.is_file():
+        raise InputError("input file does not exist or is not a file")
+    sha = file_sha256(path)
+    if not looks_like_dicom(path):
+        return Source(read_image(path), sha, sha[:KEY_CHARS])
+    try:
+        from vald.dicom.reader import read_dicom
+    except ImportError:
+        raise InputError("reading DICOM needs the dicom extra: pip install 'vald[dicom]'") from None
+    dicom = read_dicom(path, modalities)
+    uid = str(dicom.header.get("SOPInstanceUID", "") or "")
+    if not uid:
+        raise InputError("the DICOM file has no SOP Instance UID")
+    key = hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:KEY_CHARS]
+    return Source(dicom.image, sha, key, dicom.header, dicom.info)
