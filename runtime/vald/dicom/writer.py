@@ -15,6 +15,7 @@ radiographs as its source (highdicom 0.28.2); a FRACTIONAL Segmentation carries 
 from __future__ import annotations
 
 import io
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,16 @@ class Provenance:
         return "induced" if base == "counterfactual" else f"induced-{base}"
 
 
-def derived_uid(*parts: str) -> str:
-    """A deterministic ``2.25.`` UID from ``parts``."""
-    from pydicom.uid import generate_uid
+# Namespace of vald's name-based UUIDs (itself uuid5 of the URL namespace and "vald derived DICOM").
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "vald derived DICOM")
 
-    return str(generate_uid(prefix=None, entropy_srcs=["vald-derived", *parts]))
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic UID from ``parts``: ``2.25.`` + the integer of their name-based UUID (PS3.5 B.2).
+
+    (pydicom's ``generate_uid(prefix=None)`` ignores its entropy sources and is random.)
+    """
+    return f"2.25.{uuid.uuid5(_UID_NAMESPACE, chr(31).join(parts)).int}"
 
 
 # Type 2 patient/study attributes highdicom copies from the source: present but empty when the source lacks them

@@ -1,0 +1,140 @@
+"""Derived DICOM objects, read back with pydicom and highdicom: references, UIDs, captions, no PHI leaks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+hd = pytest.importorskip("highdicom")
+from dicomfiles import PATIENT, dataset, ramp, save  # noqa: E402
+
+from vald import __version__  # noqa: E402
+from vald.cli import main  # noqa: E402
+
+FAST = ["--steps", "4", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    v = ramp(rows=120, cols=100, bits=12)
+    ds = dataset(4095 - v, photometric="MONOCHROME1", WindowCenter=2048, WindowWidth=4096, uid_seed=7)
+    return save(ds, tmp_path_factory.mktemp("dcm") / "Doe^Jane_PID-778899.dcm")
+
+
+def _run(engines: Path, inputs: list[Path], out: Path, *extra: str) -> int:
+    return main(["run", *map(str, inputs), "--engines", str(engines), "--out", str(out), *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def outputs(engines: Path, source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("out")
+    assert _run(engines, [source], out, "--segmentation") == 0
+    src = pydicom.dcmread(source)
+    folder = out / hashlib.sha256(src.SOPInstanceUID.encode()).hexdigest()[:16]
+    assert folder.is_dir()
+    return folder
+
+
+def _common_checks(ds, src) -> None:
+    assert ds.StudyInstanceUID == src.StudyInstanceUID
+    assert ds.PatientID == src.PatientID  # same patient and study: the objects file beside the source
+    assert ds.SeriesInstanceUID != src.SeriesInstanceUID and ds.SOPInstanceUID != src.SOPInstanceUID
+    assert ds.SeriesDescription.startswith("Not for diagnostic use")
+    for seq in (ds.ReferencedImageSequence, ds.SourceImageSequence):
+        assert seq[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert seq[0].ReferencedSOPClassUID == src.SOPClassUID
+    equipment = ds.ContributingEquipmentSequence[0]
+    assert equipment.Manufacturer == "vald" and __version__ in str(equipment.SoftwareVersions)
+    assert "model sha256" in equipment.ManufacturerModelName
+    assert "not for diagnostic use" in ds.ImageComments.lower()
+
+
+def test_overlay_and_counterfactual_secondary_captures(outputs: Path, source: Path) -> None:
+    src = pydicom.dcmread(source)
+    result = json.loads((outputs / "result.json").read_text())
+    overlay = pydicom.dcmread(outputs / "overlay.dcm")
+    _common_checks(overlay, src)
+    assert overlay.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage
+    assert overlay.PhotometricInterpretation == "RGB" and overlay.SamplesPerPixel == 3
+    assert overlay.BurnedInAnnotation == "YES" and list(overlay.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+    rgb = overlay.pixel_array
+    # native resolution plus a colour bar to the right and a caution band below
+    assert rgb.shape[0] > src.Rows and rgb.shape[1] > src.Columns and rgb.shape[2] == 3
+    assert rgb[src.Rows :, :, 0].max() > 200  # the caution line is burned in (yellow text on black)
+    cf = pydicom.dcmread(outputs / "counterfactual.dcm")
+    _common_checks(cf, src)
+    assert cf.PhotometricInterpretation == "MONOCHROME2" and cf.BitsAllocated == 16
+    png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(outputs / "counterfactual.png"))
+    np.testing.assert_array_equal(cf.pixel_array[: src.Rows], png)  # same image above the caution band
+    assert overlay.SeriesInstanceUID != cf.SeriesInstanceUID
+    assert result["dicom_outputs"]["overlay.dcm"]["sop_instance_uid"] == overlay.SOPInstanceUID
+    # highdicom reads them back as images
+    assert hd.imread(outputs / "overlay.dcm").SOPInstanceUID == overlay.SOPInstanceUID
+
+
+def test_fractional_segmentation_of_the_map(outputs: Path, source: Path) -> None:
+    src = pydicom.dcmread(source)
+    seg = hd.seg.segread(outputs / "segmentation.dcm")
+    _common_checks(seg, src)
+    assert seg.SegmentationType == "FRACTIONAL"
+    pixels = seg.get_pixels_by_source_instance([src.SOPInstanceUID], combine_segments=False)[0, ..., 0]
+    assert pixels.shape == (src.Rows, src.Columns) and pixels.min() >= 0.0 and pixels.max() <= 1.0
+    magnitude = np.abs(np.load(outputs / "attribution.npy"))
+    assert np.corrcoef(pixels.ravel(), np.minimum(magnitude, np.percentile(magnitude, 99.5)).ravel())[0, 1] > 0.99
+
+
+def test_no_patient_data_in_names_logs_or_non_dicom_outputs(
+    engines: Path, source: Path, outputs: Path, tmp_path: Path, capfd
+) -> None:
+    out = outputs.parent
+    assert _run(engines, [source], tmp_path / "o", "--steps", "4") == 0  # not quiet: progress lines too
+    captured = capfd.readouterr()
+    tokens = [*PATIENT.values(), "Doe", "778899"]
+    texts = [captured.out, captured.err]
+    for folder in (out, tmp_path / "o"):
+        for path in folder.rglob("*"):
+            assert not any(t in str(path.relative_to(folder)) for t in tokens)
+            if path.suffix in (".json", ".csv", ".html"):
+                texts.append(path.read_text())
+    for text in texts:
+        assert not any(t in text for t in tokens), text[:200]
+
+
+def test_uids_are_deterministic_and_depend_on_the_settings(engines: Path, source: Path, tmp_path: Path) -> None:
+    def uids(out: Path) -> dict[str, str]:
+        (folder,) = [p for p in out.iterdir() if p.is_dir()]
+        return {name: pydicom.dcmread(folder / name).SOPInstanceUID for name in ("overlay.dcm", "counterfactual.dcm")}
+
+    assert _run(engines, [source], tmp_path / "a") == 0
+    assert _run(engines, [source], tmp_path / "b") == 0
+    assert _run(engines, [source], tmp_path / "c", "--seed", "5", "--mode", "img2img") == 0
+    first = uids(tmp_path / "a")
+    assert first == uids(tmp_path / "b")
+    assert set(first.values()).isdisjoint(uids(tmp_path / "c").values())
+    assert all(uid.startswith("2.25.") for uid in first.values())
+
+
+def test_no_dicom_out_and_png_inputs_write_no_dicom(
+    engines: Path, source: Path, small_png: Path, tmp_path: Path
+) -> None:
+    assert _run(engines, [source, small_png], tmp_path, "--no-dicom-out") == 0
+    assert not list(tmp_path.rglob("*.dcm"))
+
+
+def test_induction_on_a_dicom_input(engines: Path, source: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    mask = np.zeros((120, 100), np.uint8)
+    mask[60:100, 20:50] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    args = ["induce", str(source), "--mask", str(tmp_path / "mask.png"), "--prompt", "left lower zone nodule"]
+    assert main([*args, "--engines", str(engines), "--out", str(tmp_path / "o"), *FAST]) == 0
+    (folder,) = [p for p in (tmp_path / "o").iterdir() if p.is_dir()]
+    induced = pydicom.dcmread(folder / "induced.dcm")
+    assert induced.SeriesDescription.startswith("Not for diagnostic use") and "induced" in induced.SeriesDescription
+    assert induced.StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID
