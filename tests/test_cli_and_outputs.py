@@ -122,3 +122,13 @@ def test_runtime_does_not_import_torch(engines: Path, small_png: Path, tmp_path:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_config_file_for_induce_starts_from_the_induce_defaults(tmp_path: Path) -> None:
+    from vald.config import INDUCE_DEFAULTS, RunConfig
+
+    path = tmp_path / "induce.toml"
+    path.write_text("seed = 3\n")
+    cfg = RunConfig.from_toml(path, INDUCE_DEFAULTS)
+    assert (cfg.seed, cfg.strength, cfg.guidance, cfg.mode) == (3, 0.8, 7.0, INDUCE_DEFAULTS.mode)
+    assert RunConfig.from_toml(path).strength == RunConfig().strength

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
-    cfg = RunConfig.from_toml(args.config) if args.config else base
+    cfg = RunConfig.from_toml(args.config, base) if args.config else base
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
     names += ["provider", "precision", "mode", "reference", "finding_prompt", "average"]
     return cfg.replace(**{n: getattr(args, n, None) for n in names})

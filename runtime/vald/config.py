@@ -146,24 +146,24 @@ class RunConfig:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> RunConfig:
-        """Build from a flat mapping; unknown keys are an error."""
+    def from_mapping(cls, data: Mapping[str, Any], base: RunConfig | None = None) -> RunConfig:
+        """Build from a flat mapping over ``base``'s values (the defaults if None); unknown keys are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        return base.replace(**dict(data)) if base is not None else cls(**dict(data))
 
     @classmethod
-    def from_toml(cls, path: Path) -> RunConfig:
-        """Load a TOML file of top-level keys (the same names as the CLI options)."""
+    def from_toml(cls, path: Path, base: RunConfig | None = None) -> RunConfig:
+        """Load a TOML file of top-level keys (the same names as the CLI options) over ``base``."""
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data)
+        return cls.from_mapping(data, base)
 
 
 def _check_number(
