@@ -138,3 +138,18 @@ def test_induction_on_a_dicom_input(engines: Path, source: Path, tmp_path: Path)
     induced = pydicom.dcmread(folder / "induced.dcm")
     assert induced.SeriesDescription.startswith("Not for diagnostic use") and "induced" in induced.SeriesDescription
     assert induced.StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID
+
+
+def test_a_source_without_series_uid_fails_cleanly_and_the_batch_goes_on(
+    engines: Path, source: Path, tmp_path: Path, capsys
+) -> None:
+    ds = pydicom.dcmread(source)
+    del ds.SeriesInstanceUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.10.1234.99.3"
+    broken = save(ds, tmp_path / "in" / "a.dcm")
+    code = _run(engines, [broken, source], tmp_path / "o")
+    err = capsys.readouterr().err
+    assert code == 1 and "need SeriesInstanceUID" in err and "--no-dicom-out" in err
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert [e["status"] for e in summary["entries"]] == ["failed", "done"]
+    assert _run(engines, [broken], tmp_path / "o2", "--no-dicom-out") == 0

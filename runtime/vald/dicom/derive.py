@@ -10,12 +10,14 @@ from PIL import Image
 
 from vald.dicom.reader import quiet_dicom
 from vald.dicom.writer import Provenance, attribution_seg, grey_sc, overlay_sc, to_bytes
+from vald.errors import InputError, ValdError
 from vald.render import overlay_figure, with_caution
 
 OVERLAY_DCM = "overlay.dcm"
 GENERATED_DCM = "counterfactual.dcm"
 INDUCED_DCM = "induced.dcm"
 SEGMENTATION_DCM = "segmentation.dcm"
+REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 def derived_files(
@@ -27,18 +29,32 @@ def derived_files(
     *,
     segmentation: bool,
 ) -> tuple[dict[str, bytes], dict[str, dict[str, str]]]:
-    """Overlay SC, generated-image SC and (optionally) the |M| Segmentation, at the source's native matrix."""
-    figure = np.asarray(overlay_figure(input01, signed_map).convert("RGB"), dtype=np.uint8)
-    grey = Image.fromarray((np.clip(generated01, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16))
-    grey16 = np.asarray(with_caution(grey), dtype=np.uint16)
-    with quiet_dicom():
-        objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
-        objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
-        if segmentation:
-            objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, prov)
-        files = {name: to_bytes(ds) for name, ds in objects.items()}
-    uids = {
-        name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}
-        for name, ds in objects.items()
-    }
-    return files, uids
+    """Overlay SC, generated-image SC and (optionally) the |M| Segmentation, at the source's native matrix.
+
+    A source header that cannot carry derived objects (missing or damaged UIDs) is an InputError naming
+    the problem, not the value.
+    """
+    missing = [name for name in REQUIRED if not str(header.get(name, "") or "")]
+    if missing:
+        raise InputError(f"derived DICOM objects need {', '.join(missing)}, which the source lacks; use --no-dicom-out")
+    try:
+        figure = np.asarray(overlay_figure(input01, signed_map).convert("RGB"), dtype=np.uint8)
+        grey = Image.fromarray((np.clip(generated01, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16))
+        grey16 = np.asarray(with_caution(grey), dtype=np.uint16)
+        with quiet_dicom():
+            objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
+            objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
+            if segmentation:
+                objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, prov)
+            files = {name: to_bytes(ds) for name, ds in objects.items()}
+        uids = {
+            name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}
+            for name, ds in objects.items()
+        }
+        return files, uids
+    except ValdError:
+        raise
+    except Exception as exc:  # a damaged header value highdicom refuses; its message may quote the value
+        raise InputError(
+            f"derived DICOM objects cannot be built from this header ({type(exc).__name__}); use --no-dicom-out"
+        ) from None
