@@ -153,3 +153,13 @@ def test_a_source_without_series_uid_fails_cleanly_and_the_batch_goes_on(
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert [e["status"] for e in summary["entries"]] == ["failed", "done"]
     assert _run(engines, [broken], tmp_path / "o2", "--no-dicom-out") == 0
+
+
+def test_other_modalities_only_when_asked(engines: Path, tmp_path: Path, capsys) -> None:
+    ct = save(dataset(ramp(rows=80, cols=80), modality="CT", uid_seed=11), tmp_path / "in" / "ct.dcm")
+    assert _run(engines, [ct], tmp_path / "o") == 1
+    assert "modality 'CT'" in capsys.readouterr().err
+    assert _run(engines, [ct], tmp_path / "o", "--any-modality") == 0
+    (folder,) = [p for p in (tmp_path / "o").iterdir() if p.is_dir()]
+    result = json.loads((folder / "result.json").read_text())
+    assert result["input"]["dicom"]["modality"] == "CT" and result["timings_s"]["dicom_outputs"] > 0

@@ -142,20 +142,24 @@ def _dicom_extra(
     generated: NDArray[np.float32],
     signed_map: NDArray[np.float32],
     provenance: dict[str, Any],
-    settings_sha: str,
+    result: dict[str, Any],
     task: str,
     options: OutputOptions,
-) -> tuple[dict[str, bytes], dict[str, Any]]:
+) -> dict[str, bytes]:
+    """The derived DICOM files (none for non-DICOM inputs or --no-dicom-out); their UIDs and time go in result."""
     if not (options.dicom and source.is_dicom):
-        return {}, {}
+        return {}
     from vald.dicom.derive import derived_files
     from vald.dicom.writer import Provenance
 
-    prov = Provenance(settings_sha, str(provenance.get("model_sha256")), __version__, task)
+    started = time.perf_counter()
+    prov = Provenance(result["settings_sha256"], str(provenance.get("model_sha256")), __version__, task)
     files, uids = derived_files(
         source.header, source.image, generated, signed_map, prov, segmentation=options.segmentation
     )
-    return files, {"dicom_outputs": uids}
+    result["dicom_outputs"] = uids
+    result["timings_s"]["dicom_outputs"] = time.perf_counter() - started
+    return files
 
 
 def run_one(
@@ -181,8 +185,7 @@ def run_one(
     )
     settings_sha = settings_sha256(cfg, provenance, "attribution", options)
     result = _result(cfg, source, engines, description, result_m.timings.stages, started, provenance, settings_sha)
-    extra, uids = _dicom_extra(source, cf_native, signed_map, provenance, settings_sha, "attribution", options)
-    result.update(uids)
+    extra = _dicom_extra(source, cf_native, signed_map, provenance, result, "attribution", options)
     out_dir = out_root / source.key
     titles = ("input", "normal counterfactual", f"{cfg.resolved_reference.value} - counterfactual")
     write_outputs(out_dir, native, cf_native, signed_map, result, titles=titles, extra=extra)
@@ -218,8 +221,7 @@ def induce_one(
     result["settings"]["task"] = "induce"
     result["input"]["mask_sha256"] = mask_sha
     change_map = (out_native - native).astype(np.float32)
-    extra, uids = _dicom_extra(source, out_native, change_map, provenance, settings_sha, "induction", options)
-    result.update(uids)
+    extra = _dicom_extra(source, out_native, change_map, provenance, result, "induction", options)
     out_dir = out_root / _sha(source.key + mask_sha)[:16]
     titles = ("input", "induced", "induced - input")
     write_outputs(out_dir, native, out_native, change_map, result, image_name=INDUCED, titles=titles, extra=extra)
