@@ -19,6 +19,7 @@ from vald.errors import ValdError
 from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
+BAR = 30  # width of the progress bar on a terminal
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -105,7 +106,10 @@ def _progress(quiet: bool, prefix: str = "") -> Callable[[int, int], None] | Non
     def progress(step: int, total: int) -> None:
         line = f"{prefix}denoising step {step}/{total}"
         if tty:
-            print(f"\r{line}", end="\n" if step == total else "", file=sys.stderr, flush=True)
+            filled = round(BAR * step / max(total, 1))
+            bar = "#" * filled + "." * (BAR - filled)
+            end = "\n" if step == total else ""
+            print(f"\r{prefix}[{bar}] step {step}/{total}", end=end, file=sys.stderr, flush=True)
         elif step == total or step % max(1, total // 10) == 0:
             print(line, file=sys.stderr, flush=True)
 
