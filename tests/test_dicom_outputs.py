@@ -74,7 +74,10 @@ def test_overlay_and_counterfactual_secondary_captures(outputs: Path, source: Pa
     assert overlay.SeriesInstanceUID != cf.SeriesInstanceUID
     assert result["dicom_outputs"]["overlay.dcm"]["sop_instance_uid"] == overlay.SOPInstanceUID
     # highdicom reads them back as images
-    assert hd.imread(outputs / "overlay.dcm").SOPInstanceUID == overlay.SOPInstanceUID
+    for name, ds in (("overlay.dcm", overlay), ("counterfactual.dcm", cf)):
+        image = hd.imread(outputs / name)
+        assert image.SOPInstanceUID == ds.SOPInstanceUID
+        np.testing.assert_array_equal(image.get_frame(1), ds.pixel_array)
 
 
 def test_fractional_segmentation_of_the_map(outputs: Path, source: Path) -> None:
