@@ -7,7 +7,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from vald import __version__
 from vald.attribution import attribute
-from vald.config import RunConfig
+from vald.config import DEFAULT_OUTPUTS, OutputOptions, RunConfig
 from vald.errors import InputError
 from vald.imageio import Letterbox, read_image
 from vald.induce import induce
@@ -83,14 +83,6 @@ def _settings(cfg: RunConfig) -> dict[str, Any]:
     settings["reference"] = cfg.resolved_reference.value
     settings["seeds"] = [cfg.seed + k for k in range(cfg.average)]
     return settings
-
-
-@dataclass(frozen=True)
-class OutputOptions:
-    """Which outputs to write besides the PNG/NPY/JSON set."""
-
-    dicom: bool = True  # derived DICOM objects when the input is DICOM
-    segmentation: bool = False  # also the fractional Segmentation of |M|
 
 
 def settings_sha256(cfg: RunConfig, provenance: dict[str, Any], task: str, options: OutputOptions) -> str:
@@ -169,7 +161,7 @@ def run_one(
     provenance: dict[str, Any],
     cfg: RunConfig,
     *,
-    options: OutputOptions = OutputOptions(),
+    options: OutputOptions = DEFAULT_OUTPUTS,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Counterfactual and attribution map of one input, written under ``out_root/<source.key>/``."""
@@ -200,7 +192,7 @@ def induce_one(
     provenance: dict[str, Any],
     cfg: RunConfig,
     *,
-    options: OutputOptions = OutputOptions(),
+    options: OutputOptions = DEFAULT_OUTPUTS,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Add ``cfg.prompt``'s finding inside the mask; outputs as ``run_one`` (the map is induced - input)."""

@@ -77,6 +77,7 @@ class Summary:
 def collect(paths: Sequence[Path], exclude: Path | None = None) -> list[Path]:
     """Files given, and every file under folders given (recursively, sorted); our own outputs left out."""
     found: list[Path] = []
+    excluded = exclude.resolve() if exclude is not None else None
     for path in paths:
         if path.is_dir():
             for child in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -85,7 +86,7 @@ def collect(paths: Sequence[Path], exclude: Path | None = None) -> list[Path]:
                     continue
                 if child.suffix.lower() in IGNORED_SUFFIXES:
                     continue
-                if exclude is not None and child.resolve().is_relative_to(exclude.resolve()):
+                if excluded is not None and child.resolve().is_relative_to(excluded):
                     continue
                 found.append(child)
         else:
@@ -155,15 +156,14 @@ def run_batch(
         try:
             source = load(path)
             entry.input_sha256, entry.output = source.sha256, source.key
-            if source.key in seen:
-                entry.status, entry.error = Status.SKIPPED, f"same instance as input #{seen[source.key]}"
+            first = seen.setdefault(source.key, index)
+            if first != index:
+                entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
             elif not force and finished(out_root / source.key, settings_sha):
                 entry.status = Status.SKIPPED
             else:
-                seen[source.key] = index
                 process(source, entry)
                 entry.status = Status.DONE
-            seen.setdefault(source.key, index)
         except KeyboardInterrupt:
             entry.status = Status.INTERRUPTED
             write_summary(out_root, summary)

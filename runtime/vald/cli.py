@@ -12,8 +12,18 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from vald.app import OutputOptions, versions
-from vald.config import INDUCE_DEFAULTS, Backend, Mode, Precision, Provider, Reference, RunConfig, SchedulerKind
+from vald import __version__
+from vald.config import (
+    INDUCE_DEFAULTS,
+    Backend,
+    Mode,
+    OutputOptions,
+    Precision,
+    Provider,
+    Reference,
+    RunConfig,
+    SchedulerKind,
+)
 from vald.dicom.reader import MODALITIES
 from vald.errors import ValdError
 from vald.sources import Source, load
@@ -104,14 +114,13 @@ def _progress(quiet: bool, prefix: str = "") -> Callable[[int, int], None] | Non
     tty = sys.stderr.isatty()
 
     def progress(step: int, total: int) -> None:
-        line = f"{prefix}denoising step {step}/{total}"
         if tty:
             filled = round(BAR * step / max(total, 1))
             bar = "#" * filled + "." * (BAR - filled)
             end = "\n" if step == total else ""
             print(f"\r{prefix}[{bar}] step {step}/{total}", end=end, file=sys.stderr, flush=True)
         elif step == total or step % max(1, total // 10) == 0:
-            print(line, file=sys.stderr, flush=True)
+            print(f"{prefix}denoising step {step}/{total}", file=sys.stderr, flush=True)
 
     return progress
 
@@ -165,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if entry.status in (Status.DONE, Status.SKIPPED):
             print(args.out / entry.output, flush=True)
 
-    info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": versions()["vald"]}
+    info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": __version__}
     summary = run_batch(
         inputs, args.out, settings_sha, _loader(args), process, run_info=info, force=args.force, on_event=event
     )

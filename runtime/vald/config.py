@@ -187,5 +187,15 @@ def _check_number(
         raise ConfigError(f"{name}={value!r} is out of range; expected {lo}{low}, {high if high is not None else '∞'}]")
 
 
+@dataclass(frozen=True)
+class OutputOptions:
+    """Which outputs to write besides the PNG/NPY/JSON set."""
+
+    dicom: bool = True  # derived DICOM objects when the input is DICOM
+    segmentation: bool = False  # also the fractional Segmentation of |M|
+
+
+DEFAULT_OUTPUTS = OutputOptions()
+
 # Induction: img2img toward a finding inside a mask (stronger re-noising than attribution).
 INDUCE_DEFAULTS = RunConfig(mode=Mode.IMG2IMG, strength=0.8, guidance=7.0)

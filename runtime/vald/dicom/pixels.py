@@ -15,6 +15,7 @@ Choices where a file offers several:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,19 +64,14 @@ def window(values: F64, center: float, width: float, function: str = "LINEAR") -
 
 def full_range(values: F64) -> F64:
     """The image's own minimum..maximum onto [0, 1] (a flat image maps to 0)."""
-    lo, hi = float(values.min()), float(values.max())
-    return np.zeros_like(values) if hi <= lo else (values - lo) / (hi - lo)
+    return full_range_of(values, float(values.min()), float(values.max()))
 
 
-def _first(value: Any) -> float:
-    """First value of a possibly multi-valued DS/IS element."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return float(value[0])
-    return float(value)
-
-
-def _count(value: Any) -> int:
-    return len(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else 1
+def _values(value: Any) -> list[float]:
+    """The values of a DS/IS element that may hold one value or several (pydicom's MultiValue)."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [float(v) for v in value]
+    return [float(value)]
 
 
 def modality(stored: NDArray[Any], ds: Any) -> tuple[F64, str]:
@@ -95,7 +91,7 @@ def voi(values: F64, ds: Any) -> tuple[F64, str, tuple[float, float] | None, str
 
     luts = ds.get("VOILUTSequence")
     centers, widths = ds.get("WindowCenter"), ds.get("WindowWidth")
-    offered = (len(luts) if luts else 0) + (_count(centers) if centers is not None else 0)
+    offered = (len(luts) if luts else 0) + (len(_values(centers)) if centers is not None else 0)
     if luts:
         mapped = np.asarray(apply_voi(np.rint(values).astype(np.int64), ds, index=0), dtype=np.float64)
         entries, first = int(luts[0].LUTDescriptor[0]) or 65536, int(luts[0].LUTDescriptor[1])
@@ -103,7 +99,7 @@ def voi(values: F64, ds: Any) -> tuple[F64, str, tuple[float, float] | None, str
         shown = full_range_of(mapped, float(lut.min()), float(lut.max()))
         return shown, "VOI LUT Sequence (first)", None, None, offered
     if centers is not None and widths is not None:
-        center, width = _first(centers), _first(widths)
+        center, width = _values(centers)[0], _values(widths)[0]
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
         if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
             function = "LINEAR"

@@ -77,9 +77,21 @@ def _spacing(ds: Any) -> dict[str, Any]:
     return found
 
 
-def _fatal(exc: BaseException) -> bool:
-    """Exceptions that must not be turned into an input error (decoder panics are BaseExceptions too)."""
-    return isinstance(exc, (KeyboardInterrupt, SystemExit, MemoryError, GeneratorExit))
+@contextmanager
+def _as_input_error(what: str) -> Iterator[None]:
+    """Turn any failure inside into ``InputError(f"{what} ({exception type})")``, never quoting its message.
+
+    pydicom raises many types on damaged files, and decoders written in Rust panic with a BaseException
+    (pyo3), so BaseException is caught; interrupts, exits and MemoryError are not.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except (KeyboardInterrupt, SystemExit, MemoryError, GeneratorExit):
+        raise
+    except BaseException as exc:
+        raise InputError(f"{what} ({type(exc).__name__})") from None
 
 
 def _check_header(ds: Any, modalities: tuple[str, ...] | None, path: Path) -> None:
@@ -118,40 +130,20 @@ def read_dicom(path: Path, modalities: tuple[str, ...] | None = MODALITIES) -> D
     from pydicom.errors import InvalidDicomError
 
     with quiet_dicom():
-        try:
-            ds = dcmread(path)
-        except InvalidDicomError:
-            raise InputError("not a DICOM file (no DICOM preamble or meta header)") from None
-        except BaseException as exc:  # pydicom raises many types on damaged files
-            if _fatal(exc):
-                raise
-            raise InputError(f"the DICOM file cannot be parsed; truncated or corrupt ({type(exc).__name__})") from None
-        try:
+        with _as_input_error("the DICOM file cannot be parsed; truncated or corrupt"):
+            try:
+                ds = dcmread(path)
+            except InvalidDicomError:
+                raise InputError("not a DICOM file (no DICOM preamble or meta header)") from None
+        with _as_input_error("the DICOM header is damaged"):  # a damaged value in one of the checked tags
             _check_header(ds, modalities, path)
-        except InputError:
-            raise
-        except BaseException as exc:  # a damaged value in one of the checked tags
-            if _fatal(exc):
-                raise
-            raise InputError(f"the DICOM header is damaged ({type(exc).__name__})") from None
         syntax = check_decodable(ds)
-        try:
+        with _as_input_error(f"pixel data cannot be decoded ({transfer_syntax_name(syntax)}); truncated or corrupt"):
             stored = np.asarray(ds.pixel_array)
-        except BaseException as exc:  # decoders written in Rust panic with a BaseException (pyo3)
-            if _fatal(exc):
-                raise
-            raise InputError(
-                f"pixel data cannot be decoded ({transfer_syntax_name(syntax)}); truncated or corrupt "
-                f"({type(exc).__name__})"
-            ) from None
         if stored.shape != (int(ds.Rows), int(ds.Columns)):
             raise InputError(f"decoded pixel data has shape {stored.shape}, the header says {ds.Rows}x{ds.Columns}")
-        try:
+        with _as_input_error("the grey-level transforms cannot be applied"):
             image, display = to_display(stored, ds)
-        except BaseException as exc:
-            if _fatal(exc):
-                raise
-            raise InputError(f"the grey-level transforms cannot be applied ({type(exc).__name__})") from None
         if not np.isfinite(image).all():
             raise InputError("the grey-level transforms give non-finite values")
         info = {
