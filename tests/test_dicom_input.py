@@ -255,3 +255,17 @@ def test_fuzz_truncated_and_bit_flipped_files_give_only_input_errors(tmp_path: P
                 _clean(str(exc))
                 outcomes["InputError"] += 1
     assert outcomes["InputError"] > 50 and outcomes["ok"] > 10, outcomes
+
+
+def test_dicom_without_the_extra_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = save(dataset(ramp()), tmp_path / "x.dcm")
+    monkeypatch.setitem(__import__("sys").modules, "pydicom", None)  # as if vald[dicom] were not installed
+    with pytest.raises(InputError, match=r"pip install 'vald\[dicom\]'"):
+        load(path)
+
+
+def test_decoder_versions_are_recorded() -> None:
+    from vald.app import versions
+
+    found = versions()
+    assert found["pydicom"] and found["highdicom"] and found["pylibjpeg-openjpeg"] and found["python-gdcm"]

@@ -57,6 +57,11 @@ RUNTIME_PACKAGES = (
     "diffusers",
     "pydicom",
     "highdicom",
+    "pylibjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+    "python-gdcm",
+    "pyjpegls",
 )
 
 

@@ -61,9 +61,11 @@ def load(path: Path, *, modalities: tuple[str, ...] | None = ("CR", "DX")) -> So
     if not looks_like_dicom(path):
         return Source(read_image(path), sha, sha[:KEY_CHARS])
     try:
-        from vald.dicom.reader import read_dicom
+        import pydicom  # noqa: F401  (vald.dicom imports it lazily, so check for the extra here)
     except ImportError:
         raise InputError("reading DICOM needs the dicom extra: pip install 'vald[dicom]'") from None
+    from vald.dicom.reader import read_dicom
+
     dicom = read_dicom(path, modalities)
     uid = str(dicom.header.get("SOPInstanceUID", "") or "")
     if not uid:
