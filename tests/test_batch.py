@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,10 +55,11 @@ def test_collect_walks_folders_and_skips_non_images(tmp_path: Path) -> None:
 def test_a_crash_loses_nothing_and_a_rerun_resumes(tmp_path: Path) -> None:
     inputs = [_png(tmp_path / f"{k}.png", k) for k in range(4)]
     out = tmp_path / "out"
-    with pytest.raises(KeyboardInterrupt):
-        run_batch(inputs, out, "s1", load, _fake_process(out, "s1", fail_on={3}))
+    stopped = run_batch(inputs, out, "s1", load, _fake_process(out, "s1", fail_on={3}))
+    assert stopped.interrupted and stopped.counts() == {"done": 2, "interrupted": 1, "not started": 1}
     summary = json.loads((out / "summary.json").read_text())
     assert [e["status"] for e in summary["entries"]] == ["done", "done", "interrupted"]
+    assert summary["interrupted"] and summary["not_started"] == 1 and summary["finished"]
     calls: list[int] = []
     again = run_batch(inputs, out, "s1", load, _fake_process(out, "s1", calls=calls))
     assert [e.status for e in again.entries] == ["skipped", "skipped", "done", "done"] and calls == [3, 4]
@@ -115,6 +117,32 @@ def test_folder_run_end_to_end(engines: Path, tmp_path: Path, capsys) -> None:
     assert code == 0 and json.loads((out / "summary.json").read_text())["counts"] == {"skipped": 2}
 
 
+def test_ctrl_c_keeps_the_summary_and_report_and_exits_130(
+    engines: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vald.app
+
+    inputs = [str(_png(tmp_path / "in" / f"{k}.png", k)) for k in range(3)]
+    out, real, calls = tmp_path / "out", vald.app.run_one, []
+
+    def stopped_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vald.app, "run_one", stopped_at_second)
+    assert main(["run", *inputs, "--engines", str(engines), "--out", str(out), *FAST]) == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"done": 1, "interrupted": 1, "not started": 1}
+    page = (out / "report.html").read_text()
+    assert "interrupted" in page and page.count('type="range"') == 1
+    monkeypatch.setattr(vald.app, "run_one", real)
+    assert main(["run", *inputs, "--engines", str(engines), "--out", str(out), *FAST]) == 0
+    assert json.loads((out / "summary.json").read_text())["counts"] == {"skipped": 1, "done": 2}
+
+
 # ---------------------------------------------------------------- the HTML report
 
 
@@ -142,28 +170,54 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+def _browser() -> tuple[str, Any]:
+    """Chromium and Playwright (which drives it), or the test is skipped, saying what is missing."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (vald[dev])")
+    return chromium, sync_api
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (apt-get install chromium)")
-def test_report_renders_in_headless_chromium(report_run: Path, tmp_path: Path) -> None:
-    browser, page = _chromium(), (report_run / "report.html").as_uri()
-    shot = tmp_path / "report.png"
-    common = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,900"]
-    subprocess.run([*common, f"--screenshot={shot}", page], check=True, capture_output=True, timeout=120)
-    with Image.open(shot) as img:
-        pixels = np.asarray(img.convert("RGB"))
-    assert pixels.shape[:2] == (900, 1280) and pixels.std() > 10  # not blank
-    dom = subprocess.run([*common, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120)
-    # the page's script ran and every image it references loaded (2 inputs x 4 images: 3 panels + the heat layer)
-    loaded = __import__("re").search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
-    assert loaded is not None and loaded.group(1) == loaded.group(2) and int(loaded.group(1)) == 8
+def _shot(page: Any, box: dict[str, float]) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(page.screenshot(clip=box))).convert("RGB")).astype(np.float64)
+
+
+def test_report_in_headless_chromium_and_its_slider(report_run: Path, tmp_path: Path) -> None:
+    chromium, sync_api = _browser()
+    key = json.loads((report_run / "summary.json").read_text())["entries"][0]["output"]
+    with Image.open(report_run / key / "input.png") as img:
+        grey = np.asarray(img, dtype=np.float64) / 65535 * 255
+    under = Image.fromarray(np.round(grey).astype(np.uint8)).convert("RGBA")
+    with Image.open(report_run / key / "heatmap.png") as img:
+        full = np.asarray(Image.alpha_composite(under, img.convert("RGBA")).convert("RGB"), dtype=np.float64)
+    requests: list[str] = []
+    problems: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto((report_run / "report.html").as_uri())
+        page.screenshot(path=tmp_path / "report.png")
+        with Image.open(tmp_path / "report.png") as img:
+            assert np.asarray(img.convert("RGB")).std() > 10  # not blank
+        # the script ran, every image loaded (2 inputs x 4 images), nothing left the machine, no CSP complaint
+        assert page.get_attribute("body", "data-images-loaded") == "8/8"
+        assert requests and all(url.startswith("file:") for url in requests), requests
+        assert problems == []
+        heat, slider = page.locator("#heat-1"), page.locator("#case-1 input[type=range]")
+        box = heat.bounding_box()
+        slider.fill("0")
+        assert heat.evaluate("e => getComputedStyle(e).opacity") == "0"
+        bare = _shot(page, box)
+        slider.fill("100")
+        assert heat.evaluate("e => getComputedStyle(e).opacity") == "1"
+        covered = _shot(page, box)
+        assert page.locator("#heat-2").evaluate("e => getComputedStyle(e).opacity") == "0.8"  # the other case
+        browser.close()
+    # at 0 the reader sees the input alone, at 100 the heat map laid over it, pixel for pixel
+    assert bare.shape == full.shape == covered.shape
+    assert np.abs(bare - grey[..., None]).mean() < 1 and np.abs(covered - full).mean() < 2
+    assert np.abs(covered - bare).mean() > 5 * np.abs(covered - full).mean()

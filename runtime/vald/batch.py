@@ -6,6 +6,8 @@ exported studies often carry patient names or IDs).  ``sha256sum`` finds the fil
 
 The summary (``summary.json`` and ``summary.csv``) is rewritten atomically after every input, so a
 crash leaves it valid; a re-run skips every input whose ``result.json`` carries the same settings hash.
+Ctrl-C marks the input in progress "interrupted", stops the batch and returns what was done (the
+caller still writes its report); inputs not reached are counted as ``not_started`` in the summary.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class Summary:
     entries: list[Entry] = field(default_factory=list)
     finished: str = ""
     run: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    not_started: int = 0
 
     @property
     def failed(self) -> int:
@@ -71,6 +75,8 @@ class Summary:
         out: dict[str, int] = {}
         for e in self.entries:
             out[e.status] = out.get(e.status, 0) + 1
+        if self.not_started:
+            out["not started"] = self.not_started
         return out
 
 
@@ -142,7 +148,8 @@ def run_batch(
 ) -> Summary:
     """Load and process each input; a failure is recorded and the batch goes on.
 
-    ``on_event(entry, total)`` is called when an input starts (status "") and when it ends.
+    ``on_event(entry, total)`` is called when an input starts (status "") and when it ends.  A
+    KeyboardInterrupt stops the batch: the summary comes back with ``interrupted`` set.
     """
     inputs = list(paths)
     summary = Summary(settings_sha, now(), run=dict(run_info or {}))
@@ -165,9 +172,9 @@ def run_batch(
                 process(source, entry)
                 entry.status = Status.DONE
         except KeyboardInterrupt:
-            entry.status = Status.INTERRUPTED
-            write_summary(out_root, summary)
-            raise
+            entry.status, entry.seconds = Status.INTERRUPTED, round(time.perf_counter() - started, 3)
+            summary.interrupted, summary.not_started = True, len(inputs) - index
+            break
         except ValdError as exc:
             entry.status, entry.error = Status.FAILED, str(exc)
         except Exception as exc:  # a bad file never stops a batch; the type is safe to show, the text may not be

@@ -1,7 +1,8 @@
 """The ``vald`` command line.
 
 Exit status: 0 when every input succeeded (or was already finished), 1 when any input failed (the
-others are still processed; see summary.json), 2 for a usage, settings or engine error.
+others are still processed; see summary.json), 2 for a usage, settings or engine error, 130 when
+stopped with Ctrl-C (a batch writes its summary and report first; run it again to resume).
 Errors print one line, no traceback, and name inputs by index and hash only.
 """
 
@@ -30,6 +31,7 @@ from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
 BAR = 30  # width of the progress bar on a terminal
+INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -182,6 +184,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items())
     tail = f"; report: {report}" if report else ""
     print(f"vald: {len(inputs)} input(s): {counts}; summary: {args.out / 'summary.json'}{tail}", file=sys.stderr)
+    if summary.interrupted:
+        print("vald: interrupted; run the same command again to resume (finished inputs are skipped)", file=sys.stderr)
+        return INTERRUPTED
     return 1 if summary.failed else 0
 
 
@@ -203,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValdError as exc:
         print(f"vald: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\nvald: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

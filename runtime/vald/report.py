@@ -85,6 +85,7 @@ def write_report(out_root: Path, summary: Summary) -> Path:
         elif entry.status in (Status.FAILED, Status.INTERRUPTED):
             failures.append(f"<li>input #{entry.index}: {html.escape(entry.error or entry.status)}</li>")
     counts = ", ".join(f"{n} {s}" for s, n in summary.counts().items())
+    ended = "interrupted (run the same command again to resume)" if summary.interrupted else "finished"
     failed = f'<h2 class="failed">Failed</h2><ul class="failed">{"".join(failures)}</ul>' if failures else ""
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -94,7 +95,7 @@ def write_report(out_root: Path, summary: Summary) -> Path:
 <body>
 <p class="caution">{html.escape(CAUTION)}. Research software: the maps show what the model changed, not a diagnosis.</p>
 <h1>vald run</h1>
-<p>started {html.escape(summary.started)}, finished {html.escape(summary.finished or "(running)")}: {counts}.
+<p>started {html.escape(summary.started)}, {ended} {html.escape(summary.finished or "(running)")}: {counts}.
 settings sha256 {html.escape(summary.settings_sha256[:16])}</p>
 {failed}
 {"".join(cases)}
