@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pydicom = pytest.importorskip("pydicom")
 hd = pytest.importorskip("highdicom")
@@ -15,6 +16,7 @@ from dicomfiles import PATIENT, dataset, ramp, save  # noqa: E402
 
 from vald import __version__  # noqa: E402
 from vald.cli import main  # noqa: E402
+from vald.render import MAX_ALPHA  # noqa: E402
 
 FAST = ["--steps", "4", "--quiet"]
 
@@ -88,7 +90,14 @@ def test_fractional_segmentation_of_the_map(outputs: Path, source: Path) -> None
     pixels = seg.get_pixels_by_source_instance([src.SOPInstanceUID], combine_segments=False)[0, ..., 0]
     assert pixels.shape == (src.Rows, src.Columns) and pixels.min() >= 0.0 and pixels.max() <= 1.0
     magnitude = np.abs(np.load(outputs / "attribution.npy"))
-    assert np.corrcoef(pixels.ravel(), np.minimum(magnitude, np.percentile(magnitude, 99.5)).ravel())[0, 1] > 0.99
+    limit = json.loads((outputs / "result.json").read_text())["display"]["colour_limit"]
+    assert limit == pytest.approx(float(np.percentile(magnitude, 99.5)), rel=1e-6)
+    # one colour scale per input: the SEG's fraction and the heat map's opacity both saturate at the limit
+    assert np.abs(pixels - np.clip(magnitude / limit, 0, 1)).max() <= 1 / 255 + 1e-6
+    with Image.open(outputs / "heatmap.png") as img:
+        alpha = np.asarray(img)[..., 3]
+    assert (magnitude >= limit).any() and (alpha[magnitude >= limit] == round(MAX_ALPHA * 255)).all()
+    assert (alpha[magnitude < 0.9 * limit] < round(MAX_ALPHA * 255)).all()
 
 
 def test_no_patient_data_in_names_logs_or_non_dicom_outputs(

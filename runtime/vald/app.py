@@ -24,7 +24,7 @@ from vald.induce import induce
 from vald.manifest import Manifest
 from vald.outputs import INDUCED, write_outputs
 from vald.pipeline import Engines
-from vald.render import CAUTION
+from vald.render import CAUTION, symmetric_limit
 from vald.schedules import NoiseSchedule
 from vald.sessions import open_sessions
 from vald.sources import Source
@@ -134,6 +134,13 @@ def _result(
     }
 
 
+def _display(result: dict[str, Any], signed_map: NDArray[np.float32]) -> float:
+    """The input's colour limit, recorded in ``result``: heat maps, overlays and the SEG all saturate there."""
+    vmax = symmetric_limit(signed_map)
+    result["display"] = {"colour_limit": vmax, "rule": "99.5th percentile of |M| at native resolution"}
+    return vmax
+
+
 def _dicom_extra(
     source: Source,
     generated: NDArray[np.float32],
@@ -151,8 +158,9 @@ def _dicom_extra(
 
     started = time.perf_counter()
     prov = Provenance(result["settings_sha256"], str(provenance.get("model_sha256")), __version__, task)
+    vmax = result["display"]["colour_limit"]
     files, uids = derived_files(
-        source.header, source.image, generated, signed_map, prov, segmentation=options.segmentation
+        source.header, source.image, generated, signed_map, vmax, prov, segmentation=options.segmentation
     )
     result["dicom_outputs"] = uids
     result["timings_s"]["dicom_outputs"] = time.perf_counter() - started
@@ -182,10 +190,11 @@ def run_one(
     )
     settings_sha = settings_sha256(cfg, provenance, "attribution", options)
     result = _result(cfg, source, engines, description, result_m.timings.stages, started, provenance, settings_sha)
+    vmax = _display(result, signed_map)
     extra = _dicom_extra(source, cf_native, signed_map, provenance, result, "attribution", options)
     out_dir = out_root / source.key
     titles = ("input", "normal counterfactual", f"{cfg.resolved_reference.value} - counterfactual")
-    write_outputs(out_dir, native, cf_native, signed_map, result, titles=titles, extra=extra)
+    write_outputs(out_dir, native, cf_native, signed_map, vmax, result, titles=titles, extra=extra)
     return out_dir
 
 
@@ -218,8 +227,9 @@ def induce_one(
     result["settings"]["task"] = "induce"
     result["input"]["mask_sha256"] = mask_sha
     change_map = (out_native - native).astype(np.float32)
+    vmax = _display(result, change_map)
     extra = _dicom_extra(source, out_native, change_map, provenance, result, "induction", options)
     out_dir = out_root / _sha(source.key + mask_sha)[:16]
     titles = ("input", "induced", "induced - input")
-    write_outputs(out_dir, native, out_native, change_map, result, image_name=INDUCED, titles=titles, extra=extra)
+    write_outputs(out_dir, native, out_native, change_map, vmax, result, image_name=INDUCED, titles=titles, extra=extra)
     return out_dir

@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from vald.render import TITLES, heat_rgba, symmetric_limit, triptych
+from vald.render import TITLES, heat_rgba, triptych
 
 COUNTERFACTUAL = "counterfactual.png"
 ATTRIBUTION = "attribution.npy"
@@ -57,6 +57,7 @@ def write_outputs(
     input01: NDArray[np.float32],
     counterfactual01: NDArray[np.float32],
     signed_map: NDArray[np.float32],
+    vmax: float,
     result: Mapping[str, Any],
     *,
     image_name: str = COUNTERFACTUAL,
@@ -65,22 +66,23 @@ def write_outputs(
 ) -> dict[str, Path]:
     """Write the outputs (native resolution); ``result.json`` last, so its presence means complete.
 
-    ``image_name`` names the generated image's PNG (``induced.png`` for induction); ``titles`` label the
-    triptych's panels; ``extra`` are further files (the derived DICOM objects).  ``input.png`` is the input
-    as the model saw it (after the DICOM grey-level transforms) and ``heatmap.png`` the map alone as RGBA.
+    ``vmax`` is the colour limit shared by the heat map and the triptych.  ``image_name`` names the
+    generated image's PNG (``induced.png`` for induction); ``titles`` label the triptych's panels;
+    ``extra`` are further files (the derived DICOM objects).  ``input.png`` is the input as the model
+    saw it (after the DICOM grey-level transforms) and ``heatmap.png`` the map alone as RGBA.
     """
     names = (image_name, ATTRIBUTION, TRIPTYCH, INPUT, HEATMAP, *(extra or {}), RESULT)
     paths = {name: out_dir / name for name in names}
     for name, data in (extra or {}).items():
         write_atomic(paths[name], data)
     write_atomic(paths[INPUT], png16(input01))
-    write_atomic(paths[HEATMAP], png_rgba(heat_rgba(signed_map, symmetric_limit(signed_map))))
+    write_atomic(paths[HEATMAP], png_rgba(heat_rgba(signed_map, vmax)))
     write_atomic(paths[image_name], png16(counterfactual01))
     buf = io.BytesIO()
     np.save(buf, signed_map.astype(np.float32), allow_pickle=False)
     write_atomic(paths[ATTRIBUTION], buf.getvalue())
     buf = io.BytesIO()
-    triptych(input01, counterfactual01, signed_map, titles).save(buf, format="PNG")
+    triptych(input01, counterfactual01, signed_map, vmax, titles).save(buf, format="PNG")
     write_atomic(paths[TRIPTYCH], buf.getvalue())
     write_atomic(paths[RESULT], (json.dumps(result, indent=2, sort_keys=True) + "\n").encode())
     return paths

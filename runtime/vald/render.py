@@ -94,10 +94,12 @@ def with_caution(image: Image.Image, text: str = CAUTION) -> Image.Image:
     return canvas
 
 
-def overlay_figure(gray01: NDArray[np.float32], signed_map: NDArray[np.float32]) -> Image.Image:
-    """The heat map over the input at native resolution, with a colour bar and the caution line burned in."""
+def overlay_figure(gray01: NDArray[np.float32], signed_map: NDArray[np.float32], vmax: float) -> Image.Image:
+    """The heat map over the input at native resolution, colour bar and caution line burned in.
+
+    Colours saturate at ±``vmax``.
+    """
     h, w = gray01.shape
-    vmax = symmetric_limit(signed_map)
     bar = colour_bar(h, vmax, width=max(64, h // 10))
     canvas = Image.new("RGB", (w + bar.width, h), (0, 0, 0))
     canvas.paste(Image.fromarray(overlay(gray01, signed_map, vmax)), (0, 0))
@@ -112,17 +114,18 @@ def triptych(
     input01: NDArray[np.float32],
     counterfactual01: NDArray[np.float32],
     signed_map: NDArray[np.float32],
+    vmax: float,
     titles: tuple[str, str, str] = TITLES,
 ) -> Image.Image:
-    """Input | counterfactual | overlay + colour bar, with ``titles`` and the caution line.
+    """Input | counterfactual | overlay + colour bar (saturating at ±``vmax``), with ``titles`` and the caution line.
 
-    Panels are shown at most ``MAX_PANEL`` pixels high (the full-resolution data is in the other outputs).
+    Panels are shown at most ``MAX_PANEL`` pixels high (the full-resolution data is in the other outputs);
+    ``vmax`` comes from the native-resolution map, so every output of an input shares one colour scale.
     """
     if input01.shape[0] > MAX_PANEL:
         h, w = MAX_PANEL, max(1, round(input01.shape[1] * MAX_PANEL / input01.shape[0]))
         input01, counterfactual01, signed_map = (resize(a, h, w) for a in (input01, counterfactual01, signed_map))
     h, w = input01.shape
-    vmax = symmetric_limit(signed_map)
     panels = [
         np.repeat((input01 * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1),
         np.repeat((np.clip(counterfactual01, 0, 1) * 255 + 0.5).astype(np.uint8)[..., None], 3, axis=-1),

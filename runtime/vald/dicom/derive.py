@@ -25,11 +25,14 @@ def derived_files(
     input01: NDArray[np.float32],
     generated01: NDArray[np.float32],
     signed_map: NDArray[np.float32],
+    vmax: float,
     prov: Provenance,
     *,
     segmentation: bool,
 ) -> tuple[dict[str, bytes], dict[str, dict[str, str]]]:
     """Overlay SC, generated-image SC and (optionally) the |M| Segmentation, at the source's native matrix.
+
+    ``vmax`` is the input's colour limit: the overlay's colours and the SEG's fraction saturate there.
 
     A source header that cannot carry derived objects (missing or damaged UIDs) is an InputError naming
     the problem, not the value.
@@ -38,14 +41,14 @@ def derived_files(
     if missing:
         raise InputError(f"derived DICOM objects need {', '.join(missing)}, which the source lacks; use --no-dicom-out")
     try:
-        figure = np.asarray(overlay_figure(input01, signed_map).convert("RGB"), dtype=np.uint8)
+        figure = np.asarray(overlay_figure(input01, signed_map, vmax).convert("RGB"), dtype=np.uint8)
         grey = Image.fromarray((np.clip(generated01, 0.0, 1.0) * 65535 + 0.5).astype(np.uint16))
         grey16 = np.asarray(with_caution(grey), dtype=np.uint16)
         with quiet_dicom():
             objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
             objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
             if segmentation:
-                objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, prov)
+                objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov)
             files = {name: to_bytes(ds) for name, ds in objects.items()}
         uids = {
             name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}

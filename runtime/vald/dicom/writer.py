@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald.errors import ValdError
-from vald.render import CAUTION, symmetric_limit
+from vald.render import CAUTION
 
 # Output kind -> (Series Number, what follows "Not for diagnostic use - " in the Series Description).
 SERIES: dict[str, tuple[int, str]] = {
@@ -174,8 +174,8 @@ def grey_sc(header: Any, figure16: NDArray[np.uint16], prov: Provenance) -> Any:
     return ds
 
 
-def attribution_seg(header: Any, signed_map: NDArray[np.float32], prov: Provenance) -> Any:
-    """FRACTIONAL Segmentation of |M| / (99.5th percentile of |M|), clipped to 1, on the source's matrix.
+def attribution_seg(header: Any, signed_map: NDArray[np.float32], vmax: float, prov: Provenance) -> Any:
+    """FRACTIONAL Segmentation of |M| / ``vmax`` (the input's colour limit), clipped to 1, on the source's matrix.
 
     The source's spacing attributes are left out of the copy handed to highdicom: a projection
     radiograph has no slice thickness, and highdicom 0.28.2 cannot read back a Pixel Measures
@@ -189,7 +189,7 @@ def attribution_seg(header: Any, signed_map: NDArray[np.float32], prov: Provenan
     source = _source_copy(header, drop=("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"))
     kind = prov.kind("segmentation")
     series_uid, sop_uid = _uids(header, kind, prov)
-    fraction = np.clip(np.abs(signed_map) / symmetric_limit(signed_map), 0.0, 1.0).astype(np.float32)
+    fraction = np.clip(np.abs(signed_map) / vmax, 0.0, 1.0).astype(np.float32)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="vald", family=codes.cid7162.ArtificialIntelligence, version=prov.version
     )
