@@ -117,7 +117,9 @@ def test_no_patient_data_in_names_logs_or_non_dicom_outputs(
         assert not any(t in text for t in tokens), text[:200]
 
 
-def test_uids_are_deterministic_and_depend_on_the_settings(engines: Path, source: Path, tmp_path: Path) -> None:
+def test_uids_are_deterministic_and_depend_on_the_settings(
+    engines: Path, source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def uids(out: Path) -> dict[str, str]:
         (folder,) = [p for p in out.iterdir() if p.is_dir()]
         return {name: pydicom.dcmread(folder / name).SOPInstanceUID for name in ("overlay.dcm", "counterfactual.dcm")}
@@ -129,6 +131,13 @@ def test_uids_are_deterministic_and_depend_on_the_settings(engines: Path, source
     assert first == uids(tmp_path / "b")
     assert set(first.values()).isdisjoint(uids(tmp_path / "c").values())
     assert all(uid.startswith("2.25.") for uid in first.values())
+    # another vald version may compute other pixels: it redoes the input and never reuses a UID
+    import vald.app
+
+    monkeypatch.setattr(vald.app, "__version__", "999.0")
+    assert _run(engines, [source], tmp_path / "a") == 0
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["counts"] == {"done": 1}
+    assert set(first.values()).isdisjoint(uids(tmp_path / "a").values())
 
 
 def test_no_dicom_out_and_png_inputs_write_no_dicom(

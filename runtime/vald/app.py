@@ -91,9 +91,11 @@ def _settings(cfg: RunConfig) -> dict[str, Any]:
 
 
 def settings_sha256(cfg: RunConfig, provenance: dict[str, Any], task: str, options: OutputOptions) -> str:
-    """Hash of everything that decides a result: settings, model, engine files, task and output options.
+    """Hash of everything that decides a result: settings, model, engines, task, outputs, versions.
 
-    A finished output with the same hash is skipped on re-run; the derived DICOM UIDs include it.
+    The versions are vald's and its libraries' (not the platform's).
+    A finished output with the same hash is skipped on re-run; the derived DICOM UIDs include it, so an
+    upgrade that may change the pixels never reuses a UID for other content.
     """
     blob = {
         "settings": _settings(cfg),
@@ -101,6 +103,7 @@ def settings_sha256(cfg: RunConfig, provenance: dict[str, Any], task: str, optio
         "engines": provenance.get("engine_files_sha256"),
         "task": task,
         "outputs": asdict(options),
+        "versions": {k: v for k, v in versions().items() if k != "platform"},
     }
     return _sha(json.dumps(blob, sort_keys=True, default=str))
 
