@@ -167,6 +167,7 @@ def _dicom_extra(
     )
     result["dicom_outputs"] = uids
     result["timings_s"]["dicom_outputs"] = time.perf_counter() - started
+    result["timings_s"]["total"] += result["timings_s"]["dicom_outputs"]
     return files
 
 
