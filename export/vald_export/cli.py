@@ -9,13 +9,19 @@ from vald.config import Precision
 
 
 def main(args: argparse.Namespace) -> int:
-    """Dispatch ``export`` and ``make-tiny-model``."""
+    """Dispatch ``export``, ``make-tiny-model`` and ``make-sd15-model``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only; never reach for a hub
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # library progress bars between our step lines
     if args.command == "make-tiny-model":
         from vald_export.tiny import make_tiny_model
 
         print(make_tiny_model(args.out, seed=args.seed))
+        return 0
+    if args.command == "make-sd15-model":
+        from vald_export.sd15 import make_sd15_model
+
+        print(make_sd15_model(args.out, seed=args.seed))
         return 0
     from vald_export.export import export_model
 

@@ -13,12 +13,12 @@ import torch
 
 from vald.app import versions
 from vald.config import Precision
-from vald.errors import ModelError
+from vald.errors import ExportError, ModelError, ValdError
 from vald.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
 from vald.sessions.torch_ref import load_modules
 from vald.spec import Component, ComponentSpec, specs
 from vald_export.model_folder import ModelFolder
-from vald_export.onnx_export import convert_fp16, export_fp32
+from vald_export.onnx_export import EXTERNAL_DATA_THRESHOLD, convert_fp16, export_fp32
 from vald_export.verify import check_graph
 
 Log = Callable[[str], None]
@@ -64,14 +64,47 @@ def export_model(
     opset: int = 17,
     max_length: int = 77,
     precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     log: Log = print,
 ) -> Path:
-    """Export, verify and write ``out/manifest.json``; the folder appears only when all succeeded."""
+    """Export, verify and write ``out/manifest.json``; the folder appears only when all succeeded.
+
+    Work happens in a staging folder beside ``out`` that is removed on any failure (and on Ctrl-C);
+    an unexpected failure of a library is raised as one :class:`ExportError` line naming the step.
+    """
     folder = ModelFolder.open(model_dir)
     stage = out.parent / f".{out.name}.partial"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
+    step = ["reading the model folder"]
+    try:
+        manifest = _export(folder, stage, opset, max_length, precisions, external_data_threshold, log, step)
+    except BaseException as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(exc, ValdError) or not isinstance(exc, Exception):
+            raise
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ExportError(f"export failed while {step[0]}: {type(exc).__name__}: {detail}") from None
+    (stage / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)
+    return out / MANIFEST_NAME
+
+
+def _export(
+    folder: ModelFolder,
+    stage: Path,
+    opset: int,
+    max_length: int,
+    precisions: Sequence[Precision],
+    threshold: int,
+    log: Log,
+    step: list[str],
+) -> dict[str, Any]:
+    """Write every graph and the tokenizer into ``stage``; return the manifest. ``step[0]`` names the work."""
     tok_files, pad_id, length = _save_tokenizer(folder, stage, max_length)
+    step[0] = "loading the PyTorch modules"
     modules = load_modules(folder.root)
     f = folder.vae_scale_factor
     model: dict[str, Any] = {
@@ -96,7 +129,7 @@ def export_model(
     gen = torch.Generator().manual_seed(0)
     components: dict[str, Any] = {}
     for component in Component:
-        spec, module = component_specs[component], modules[component]
+        spec, module = component_specs[component], modules.pop(component)
         entry: dict[str, Any] = {
             "inputs": [t.to_json() for t in spec.inputs],
             "outputs": [t.to_json() for t in spec.outputs],
@@ -109,9 +142,13 @@ def export_model(
             started = time.perf_counter()
             path = stage / precision.value / f"{component}.onnx"
             if precision is Precision.FP32 or not fp32_path.exists():
-                files = export_fp32(module, _example_inputs(spec, 1, sizes, vocab, gen), spec, fp32_path, opset)
+                step[0] = f"exporting {component} to ONNX"
+                example = _example_inputs(spec, 1, sizes, vocab, gen)
+                files = export_fp32(module, example, spec, fp32_path, opset, threshold)
             if precision is Precision.FP16:
-                files = convert_fp16(fp32_path, path)
+                step[0] = f"converting {component} to FP16"
+                files = convert_fp16(fp32_path, path, threshold)
+            step[0] = f"checking {component} {precision} against PyTorch"
             report = check_graph(module, check_inputs, spec, path, precision)
             entry["precisions"][precision.value] = {
                 "files": {str(p.relative_to(stage)): sha256_file(p) for p in files},
@@ -121,11 +158,12 @@ def export_model(
                 f"{component} {precision}: exported and checked in {time.perf_counter() - started:.1f}s "
                 f"(max abs error vs torch {report.max_abs_error:.2e})"
             )
+        del module  # one component's torch weights in memory at a time from here on
         if Precision.FP32 not in precisions:
             shutil.rmtree(stage / "fp32", ignore_errors=True)  # only used as the FP16 source
             entry["precisions"].pop(Precision.FP32.value, None)
         components[component.value] = entry
-    manifest = {
+    return {
         "format_version": FORMAT_VERSION,
         "created_unix": int(time.time()),
         "source": {"path": str(folder.root.resolve()), "sha256": folder.sha256()},
@@ -136,8 +174,3 @@ def export_model(
         "versions": versions(("torch", "diffusers", "transformers", "onnx", "onnxruntime", "tokenizers")),
         "exported_on": {"gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
     }
-    (stage / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    stage.rename(out)
-    return out / MANIFEST_NAME

@@ -1,8 +1,10 @@
 """Tracing each wrapper module to ONNX, FP16 conversion, and the ONNX checker.
 
 Uses the TorchScript exporter (``dynamo=False``): the brief measured it 25× faster to
-export and faster on CPU than the dynamo exporter for a small UNet.  Graphs over
-~1.8 GB are saved with their weights in one external-data file beside them.
+export and faster on CPU than the dynamo exporter for a small UNet.  Graphs with over
+:data:`EXTERNAL_DATA_THRESHOLD` bytes of weights are saved with them in one external-data
+file beside the graph; sizes are computed from the tensors' shapes, never with
+``ModelProto.ByteSize()`` (which itself fails over 2 GiB).
 """
 
 from __future__ import annotations
@@ -16,15 +18,43 @@ import torch
 
 from vald.spec import ComponentSpec
 
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+# Bytes of weights above which they go to an external-data file: protobuf cannot serialise a message over
+# 2 GiB, and an SD-size UNet (3.4 GB FP32, 1.7 GB FP16) is kept external in both precisions.
+EXTERNAL_DATA_THRESHOLD = 1_000_000_000
+# Ops kept in FP32 by the FP16 conversion: onnxruntime has no float16 kernel for Resize's scales/roi
+# inputs (an SD-size UNet converted without shape inference was rejected: "tensor(float16) ... Resize"),
+# and Upsample/Range are shape arithmetic.
+FP16_KEEP_FP32_OPS = ("Resize", "Upsample", "Range")
 
 
-def _save(model: onnx.ModelProto, path: Path) -> list[Path]:
-    """Save ``model`` at ``path``; large models get one ``<name>.data`` file. Returns the files written."""
-    if model.ByteSize() > EXTERNAL_DATA_THRESHOLD or _has_external(model):
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the graph's initializers and Constant tensors, from their shapes (never ``ByteSize()``).
+
+    ``ModelProto.ByteSize()`` itself fails on a model over 2 GiB, which is what must be detected.
+    """
+    tensors = list(model.graph.initializer)
+    tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.HasField("t")]
+    total = 0
+    for t in tensors:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+        count = 1
+        for d in t.dims:
+            count *= d
+        total += count * itemsize
+    return total
+
+
+def _save(model: onnx.ModelProto, path: Path, threshold: int) -> list[Path]:
+    """Save ``model`` at ``path``; over ``threshold`` bytes of weights, they go to one ``<name>.onnx.data``.
+
+    The checker runs on the path, which is how it handles graphs over 2 GiB. Returns the files written.
+    """
+    if weight_bytes(model) > threshold or _has_external(model):
         data = path.with_suffix(".onnx.data")
         data.unlink(missing_ok=True)
-        onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name)
+        onnx.save_model(
+            model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=0
+        )
         onnx.checker.check_model(str(path))
         return [path, data]
     onnx.save_model(model, path)
@@ -37,7 +67,12 @@ def _has_external(model: onnx.ModelProto) -> bool:
 
 
 def export_fp32(
-    module: torch.nn.Module, example: tuple[torch.Tensor, ...], spec: ComponentSpec, path: Path, opset: int
+    module: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    spec: ComponentSpec,
+    path: Path,
+    opset: int,
+    threshold: int = EXTERNAL_DATA_THRESHOLD,
 ) -> list[Path]:
     """Trace ``module`` on ``example`` inputs into ``path`` with the spec's names and dynamic axes."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +91,9 @@ def export_fp32(
             dynamo=False,
         )
         model = onnx.load(str(traced), load_external_data=True)
-    return _save(model, path)
+        files = _save(model, path, threshold)
+        del model  # the proto holds every weight (3.4 GB for an SD-size UNet)
+    return files
 
 
 def toposort(graph: onnx.GraphProto) -> None:
@@ -75,13 +112,29 @@ def toposort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def convert_fp16(fp32_path: Path, path: Path) -> list[Path]:
-    """FP16 weights and compute, FP32 inputs/outputs (so every precision has the same bindings)."""
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+def convert_fp16(fp32_path: Path, path: Path, threshold: int = EXTERNAL_DATA_THRESHOLD) -> list[Path]:
+    """FP16 weights and compute, FP32 inputs/outputs (so every precision has the same bindings).
 
-    model = onnx.load(str(fp32_path), load_external_data=True)
+    Ops in :data:`FP16_KEEP_FP32_OPS` stay FP32 behind casts.  Types come from ONNX shape inference
+    run on the file (``infer_shapes_path`` takes graphs over 2 GiB, the in-memory pass the converter
+    would run does not); without them the converter cannot place the casts a kept-FP32 op needs.
+    """
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    inferred = fp32_path.with_name(f".{fp32_path.stem}.inferred.onnx")  # beside it: external data resolves
+    try:
+        onnx.shape_inference.infer_shapes_path(str(fp32_path), str(inferred))
+        model = onnx.load(str(inferred), load_external_data=True)
+    finally:
+        inferred.unlink(missing_ok=True)
     # keep_io_types: casts at the graph boundary; the runtime feeds float32 whatever the precision
-    half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=model.ByteSize() > 2**31 - 1)
+    half = convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        disable_shape_infer=True,
+        op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32_OPS],
+    )
+    del model
     toposort(half.graph)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return _save(half, path)
+    return _save(half, path, threshold)

@@ -27,7 +27,7 @@ from vald.outputs import INDUCED, write_outputs
 from vald.pipeline import Engines
 from vald.render import CAUTION, symmetric_limit
 from vald.schedules import NoiseSchedule
-from vald.sessions import open_sessions
+from vald.sessions import graph_precision, open_sessions
 from vald.sources import Source
 from vald.tokenizer import PromptTokenizer
 
@@ -35,16 +35,31 @@ from vald.tokenizer import PromptTokenizer
 def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = None) -> tuple[Engines, dict[str, Any]]:
     """Verify the engine folder against its manifest, open sessions; also return provenance for results."""
     manifest = Manifest.load(engine_dir)
-    hashes = manifest.verify(cfg.precision)
+    started = time.perf_counter()
+    verified = manifest.verify(graph_precision(cfg))
+    verify_s = time.perf_counter() - started
     info = manifest.model
     tokenizer = PromptTokenizer(engine_dir / "tokenizer", max_length=info.max_length, pad_id=info.pad_id)
+    started = time.perf_counter()
+    sessions = open_sessions(manifest, cfg, model_dir=model_dir)
     engines = Engines(
-        sessions=open_sessions(manifest, cfg, model_dir=model_dir),
+        sessions=sessions,
         tokenizer=tokenizer,
         model=info,
         schedule=NoiseSchedule.from_config(manifest.scheduler_config),
     )
-    provenance = {"model_sha256": manifest.model_sha256, "engine_files_sha256": hashes}
+    provenance = {
+        "model_sha256": manifest.model_sha256,
+        "engine_files_sha256": verified.hashes,
+        "sessions": {c.value: asdict(s.info) for c, s in sessions.items()},
+        "startup": {
+            "verify_s": verify_s,
+            "files_hashed": verified.hashed,
+            "files_trusted_by_stamp": verified.stamped,
+            "cache_writable": verified.cache_writable,
+            "open_sessions_s": time.perf_counter() - started,
+        },
+    }
     return engines, provenance
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vald import __version__
 from vald.config import (
+    EXPORT_PRECISIONS,
     INDUCE_DEFAULTS,
     Backend,
     Mode,
@@ -53,7 +54,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scheduler", choices=[s.value for s in SchedulerKind])
     p.add_argument("--backend", choices=[b.value for b in Backend])
     p.add_argument("--provider", choices=[x.value for x in Provider])
-    p.add_argument("--precision", choices=[x.value for x in Precision])
+    p.add_argument(
+        "--precision", choices=[x.value for x in Precision], help="fp32 (default), fp16, bf16 (openvino, torch)"
+    )
+    p.add_argument("--threads", type=int, help="intra-op CPU threads (default 0: one per available CPU)")
     p.add_argument("--quiet", action="store_true", help="no progress output (failures are still reported)")
     p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
     p.add_argument("--no-dicom-out", action="store_true", help="no derived DICOM objects for DICOM inputs")
@@ -88,8 +92,13 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--max-length", type=int, default=77, help="prompt tokens (default 77, as Stable Diffusion)")
-    p.add_argument("--precision", action="append", choices=[x.value for x in Precision], help="repeatable")
+    p.add_argument("--precision", action="append", choices=[x.value for x in EXPORT_PRECISIONS], help="repeatable")
     p = sub.add_parser("make-tiny-model", help="write a small random-weight diffusers folder (tests, demo)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser(
+        "make-sd15-model", help="write a Stable-Diffusion-1.5-size random-weight folder (4.1 GB; export and bench)"
+    )
     p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=0)
 
@@ -106,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     cfg = RunConfig.from_toml(args.config, base) if args.config else base
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
-    names += ["provider", "precision", "mode", "reference", "finding_prompt", "average"]
+    names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads"]
     return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Backend(StrEnum):
     """Inference backends behind the session protocol."""
 
     ONNXRUNTIME = "onnxruntime"
+    OPENVINO = "openvino"  # reads the exported ONNX graphs; bf16 on CPUs with AVX512-BF16 or AMX
     TORCH = "torch"
 
 
@@ -55,10 +57,22 @@ class Provider(StrEnum):
 
 
 class Precision(StrEnum):
-    """Weight and compute precision of the networks."""
+    """Compute precision of the networks (what the backend is told to use, and checks it uses)."""
 
     FP32 = "fp32"
     FP16 = "fp16"
+    BF16 = "bf16"
+
+
+EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)  # graph sets `vald export` writes
+
+# Precisions each backend runs.  ONNX Runtime: the FP32 or FP16 graph set; OpenVINO: the FP32 graphs
+# with inference precision f32 or bf16; torch: float32 modules, bf16 under CPU autocast, fp16 on CUDA.
+BACKEND_PRECISIONS = {
+    Backend.ONNXRUNTIME: (Precision.FP32, Precision.FP16),
+    Backend.OPENVINO: (Precision.FP32, Precision.BF16),
+    Backend.TORCH: (Precision.FP32, Precision.BF16, Precision.FP16),
+}
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -103,6 +117,7 @@ class RunConfig:
     backend: Backend = Backend.ONNXRUNTIME
     provider: Provider = Provider.CPU
     precision: Precision = Precision.FP32
+    threads: int = 0  # intra-op threads of the backend; 0 = one per CPU this process may use
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -121,6 +136,12 @@ class RunConfig:
         _check_number(self, "eta", float, low=0.0, high=1.0)
         _check_number(self, "seed", int, low=0, high=2**63 - 1)
         _check_number(self, "average", int, low=1, high=64)
+        _check_number(self, "threads", int, low=0, high=1024)
+        if self.precision not in BACKEND_PRECISIONS[self.backend]:
+            allowed = ", ".join(p.value for p in BACKEND_PRECISIONS[self.backend])
+            raise ConfigError(
+                f"precision={self.precision.value} is not available on backend={self.backend.value}; it runs: {allowed}"
+            )
         self._check_mode()
 
     def _check_mode(self) -> None:
@@ -133,6 +154,11 @@ class RunConfig:
                 raise ConfigError("average > 1 needs a stochastic mode (img2img or paired); inversion is deterministic")
         if self.mode is Mode.PAIRED and self.reference in (Reference.INPUT, Reference.AUTOENCODER):
             raise ConfigError(f"mode=paired compares two decodes; reference={self.reference.value} does not apply")
+
+    @property
+    def resolved_threads(self) -> int:
+        """Intra-op threads actually requested from the backend (``threads``, or the CPUs available)."""
+        return self.threads or available_cpus()
 
     @property
     def resolved_reference(self) -> Reference:
@@ -164,6 +190,14 @@ class RunConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
         return cls.from_mapping(data, base)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _check_number(

@@ -34,3 +34,7 @@ class BackendUnavailableError(ValdError):
 
 class ParityError(ValdError):
     """An exported component disagrees with its PyTorch source beyond tolerance."""
+
+
+class ExportError(ValdError):
+    """``vald export`` failed in a library step (tracing, conversion, saving); the staging folder is removed."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vald.cache import StampStore
 from vald.config import Precision
 from vald.errors import EngineMismatchError
 from vald.spec import Component, ComponentSpec, specs
@@ -113,24 +114,50 @@ class Manifest:
         """Path of the ONNX graph (its first file) for one component and precision."""
         return self.root / next(iter(self._files(component, precision)))
 
-    def engine_hashes(self, precision: Precision) -> dict[str, str]:
-        """sha256 of every file a run at ``precision`` loads, keyed by relative path."""
+    def engine_hashes(self, precision: Precision | None) -> dict[str, str]:
+        """sha256 of every file a run loads, keyed by relative path.
+
+        That is the graphs of ``precision`` (none when None: a backend that loads no graph) and the tokenizer.
+        """
         hashes: dict[str, str] = {}
-        for component in Component:
-            hashes.update(self._files(component, precision))
+        if precision is not None:
+            for component in Component:
+                hashes.update(self._files(component, precision))
         hashes.update(self.data.get("tokenizer", {}).get("files", {}))
         return hashes
 
-    def verify(self, precision: Precision) -> dict[str, str]:
-        """Check every file a run at ``precision`` needs against its recorded hash; return the hashes."""
+    def verify(self, precision: Precision | None, *, rehash: bool = False) -> Verification:
+        """Check every file a run with graphs of ``precision`` (None: no graphs) needs against its hash.
+
+        Files whose stamp in the engine cache still matches (see :mod:`vald.cache`) are not read
+        again unless ``rehash``; every file hashed and found to match is stamped.
+        """
         expected = self.engine_hashes(precision)
+        stamps = StampStore(self.root)
+        hashed = 0
         for rel, digest in expected.items():
             path = self.root / rel
             if not path.is_file():
                 raise EngineMismatchError(f"engine file {rel} listed in {MANIFEST_NAME} is missing")
+            if not rehash and stamps.trusted_sha256(rel) == digest:
+                continue
             actual = sha256_file(path)
+            hashed += 1
             if actual != digest:
+                stamps.forget(rel)
+                stamps.save()
                 raise EngineMismatchError(
                     f"engine file {rel} does not match {MANIFEST_NAME}: sha256 {actual[:12]}…, expected {digest[:12]}…"
                 )
-        return expected
+            stamps.record(rel, digest)
+        return Verification(expected, hashed=hashed, stamped=len(expected) - hashed, cache_writable=stamps.save())
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Result of :meth:`Manifest.verify`: the verified hashes and how they were established."""
+
+    hashes: dict[str, str]
+    hashed: int  # files read and hashed now
+    stamped: int  # files trusted from an unchanged stamp
+    cache_writable: bool  # False: stamps could not be kept, the next start hashes again

@@ -1,22 +1,41 @@
 """The session protocol and the one place that knows which backend is which.
 
 A :class:`Session` runs one network: ``run(feeds) -> outputs`` with numpy
-arrays keyed by the binding names of :mod:`vald.spec`.  :func:`open_sessions`
+arrays keyed by the binding names of :mod:`vald.spec`, and says in ``info`` what
+actually runs it (backend, device, precision, threads).  :func:`open_sessions`
 chooses the implementation once; nothing downstream branches on the backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from vald.config import Backend, RunConfig
+from vald.config import Backend, Precision, Provider, RunConfig
 from vald.manifest import Manifest
 from vald.spec import Component, TensorSpec
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What runs a network, as established by the backend itself after it loaded (never just what was asked).
+
+    ``precision`` is the compute precision the backend reports; ``graph`` the engine file it loaded
+    (relative to the engine folder; empty for the torch reference); ``cached`` whether a graph optimised
+    on an earlier start was reused.
+    """
+
+    backend: str
+    device: str
+    precision: str
+    threads: int
+    graph: str = ""
+    cached: bool = False
 
 
 class Session(Protocol):
@@ -32,13 +51,30 @@ class Session(Protocol):
         """Output bindings."""
         ...
 
+    @property
+    def info(self) -> SessionInfo:
+        """What actually runs this network."""
+        ...
+
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run once; every output is returned as float32 on the host."""
         ...
 
 
+def graph_precision(cfg: RunConfig) -> Precision | None:
+    """Which exported graph set ``cfg``'s backend loads (None: it loads no graph, the torch reference).
+
+    ONNX Runtime's TensorRT provider and OpenVINO build their reduced precision from the FP32 graphs.
+    """
+    if cfg.backend is Backend.TORCH:
+        return None
+    if cfg.backend is Backend.OPENVINO or cfg.provider is Provider.TENSORRT:
+        return Precision.FP32
+    return cfg.precision
+
+
 def open_sessions(manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None = None) -> Mapping[Component, Session]:
-    """Open all four networks on the backend, provider and precision of ``cfg``.
+    """Open all four networks on the backend, provider, precision and threads of ``cfg``.
 
     ``model_dir`` is the diffusers folder for the torch backend (default: the
     export's source folder recorded in the manifest).
@@ -47,6 +83,10 @@ def open_sessions(manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None 
         from vald.sessions.torch_ref import open_torch_sessions  # imports torch: only when chosen
 
         return open_torch_sessions(manifest, cfg, model_dir=model_dir)
+    if cfg.backend is Backend.OPENVINO:
+        from vald.sessions.openvino import open_openvino_sessions
+
+        return open_openvino_sessions(manifest, cfg)
     from vald.sessions.ort import open_ort_sessions
 
     return open_ort_sessions(manifest, cfg)

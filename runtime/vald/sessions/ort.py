@@ -1,7 +1,16 @@
-"""ONNX Runtime sessions (CPU, CUDA and TensorRT execution providers)."""
+"""ONNX Runtime sessions (CPU, CUDA and TensorRT execution providers).
+
+On the CPU provider, the graph ONNX Runtime optimises on the first start is saved in the engine cache,
+keyed by the source graph's sha256, the onnxruntime version and this CPU's instruction-set flags, and is
+loaded with optimisation off on later starts: start-up does not redo the graph rewriting every time.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -9,9 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
 from vald.manifest import Manifest
+from vald.sessions import SessionInfo, graph_precision
 from vald.spec import Component, ComponentSpec, TensorSpec
 
 _EP = {
@@ -19,24 +30,57 @@ _EP = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.TENSORRT: "TensorrtExecutionProvider",
 }
+OPTIMIZED = "optimized.onnx"  # a cached optimised graph, inside a folder named by its key
+
+
+def _options(threads: int, *, optimize: bool, save_to: Path | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    level = ort.GraphOptimizationLevel
+    options.graph_optimization_level = level.ORT_ENABLE_ALL if optimize else level.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    if save_to is not None:
+        options.optimized_model_filepath = str(save_to)
+        entry = options.add_session_config_entry
+        entry("session.optimized_model_external_initializers_file_name", f"{save_to.name}.data")
+        entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    return options
 
 
 class OrtSession:
-    """One ONNX graph in an ``onnxruntime.InferenceSession``."""
+    """One ONNX graph in an ``onnxruntime.InferenceSession``.
 
-    def __init__(self, path: Path, spec: ComponentSpec, providers: list[Any]) -> None:
+    ``threads``: intra-op threads (0: onnxruntime's default).  ``optimized``: ``path`` is a graph this
+    provider already optimised (loaded with optimisation off).  ``save_optimized``: write the
+    optimised graph there.  ``precision``: the compute precision the provider was given (recorded).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        spec: ComponentSpec,
+        providers: list[Any],
+        *,
+        threads: int = 0,
+        precision: Precision = Precision.FP32,
+        optimized: bool = False,
+        save_optimized: Path | None = None,
+        graph: str = "",
+    ) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
         self._spec = spec
+        options = _options(threads, optimize=not optimized, save_to=save_optimized)
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if self._session.get_providers()[0] != wanted:
             raise BackendUnavailableError(
                 f"onnxruntime did not start {wanted} for {spec.component} (got {self._session.get_providers()})"
             )
+        self._info = SessionInfo("onnxruntime", wanted, precision.value, threads, graph=graph, cached=optimized)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -48,6 +92,11 @@ class OrtSession:
         """Output bindings."""
         return self._spec.outputs
 
+    @property
+    def info(self) -> SessionInfo:
+        """Provider, precision, threads, graph file and whether it came from the cache."""
+        return self._info
+
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run the graph; outputs as float32."""
         names = [t.name for t in self._spec.outputs]
@@ -55,7 +104,7 @@ class OrtSession:
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
 
 
-def _providers(cfg: RunConfig, cache_dir: Path) -> list[Any]:
+def _providers(cfg: RunConfig, cache: Path) -> list[Any]:
     import onnxruntime as ort
 
     ep = _EP[cfg.provider]
@@ -69,15 +118,83 @@ def _providers(cfg: RunConfig, cache_dir: Path) -> list[Any]:
         options = {
             "trt_fp16_enable": cfg.precision is Precision.FP16,
             "trt_engine_cache_enable": True,
-            "trt_engine_cache_path": str(cache_dir),
+            "trt_engine_cache_path": str(cache),
             "trt_timing_cache_enable": True,
         }
         return [(ep, options)]
     return [ep]
 
 
+def cpu_flags_sha() -> str:
+    """Hash of this CPU's instruction-set flags (an optimised graph may use kernels only they allow)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        flags = next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    except OSError:  # pragma: no cover - not Linux
+        flags = os.uname().machine
+    return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
+
+
+def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool, Path | None, Path]:
+    """Where to load ``rel`` from: (path, is it a cached optimised graph, where to save one or None, key folder)."""
+    import onnxruntime as ort
+
+    key = hashlib.sha256(json.dumps([digest, ort.__version__, cpu_flags_sha()]).encode()).hexdigest()[:24]
+    folder = cache_dir(manifest.root, "ort")
+    source = manifest.root / rel
+    if folder is None:
+        return source, False, None, source
+    final = folder / key
+    stamps = StampStore(manifest.root)
+    members = [final / OPTIMIZED, final / f"{OPTIMIZED}.data"]
+    rels = [str(m.relative_to(manifest.root)) for m in members]
+    if all(stamps.trusted_sha256(r) == f"derived:{key}" for r in rels):
+        return members[0], True, None, final
+    shutil.rmtree(final, ignore_errors=True)  # absent, partial or changed since written: make it again
+    staging = folder / f".{key}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    return source, False, staging / OPTIMIZED, final
+
+
+def _publish(manifest: Manifest, staged: Path, final: Path) -> None:
+    """Move a freshly written optimised graph's folder into place as ``final`` and stamp its files."""
+    data = staged.with_name(f"{OPTIMIZED}.data")
+    if not data.exists():
+        data.write_bytes(b"")  # a graph small enough to keep its weights inline: same layout every time
+    try:
+        staged.parent.rename(final)
+    except OSError:  # another process published it first
+        shutil.rmtree(staged.parent, ignore_errors=True)
+        return
+    stamps = StampStore(manifest.root)
+    for member in (final / OPTIMIZED, final / f"{OPTIMIZED}.data"):
+        stamps.record(str(member.relative_to(manifest.root)), f"derived:{final.name}")
+    stamps.save()
+
+
 def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, OrtSession]:
-    """Open the manifest's graphs of ``cfg.precision`` (TensorRT EP builds FP16 from the FP32 graphs)."""
-    precision = Precision.FP32 if cfg.provider is Provider.TENSORRT else cfg.precision
+    """Open the manifest's graphs (TensorRT EP builds FP16 from the FP32 graphs) with ``cfg``'s threads."""
+    precision = graph_precision(cfg) or Precision.FP32
     providers = _providers(cfg, manifest.root / "trt_cache")
-    return {c: OrtSession(manifest.graph_path(c, precision), manifest.specs[c], providers) for c in Component}
+    sessions = {}
+    for component in Component:
+        source = manifest.graph_path(component, precision)
+        rel = str(source.relative_to(manifest.root))
+        if cfg.provider is Provider.CPU:
+            path, optimized, save, final = _cached_graph(manifest, rel, manifest.engine_hashes(precision)[rel])
+        else:
+            path, optimized, save, final = source, False, None, source  # GPU providers keep their own caches
+        sessions[component] = OrtSession(
+            path,
+            manifest.specs[component],
+            providers,
+            threads=cfg.resolved_threads,
+            precision=cfg.precision,
+            optimized=optimized,
+            save_optimized=save,
+            graph=rel,
+        )
+        if save is not None:
+            _publish(manifest, save, final)
+    return sessions

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError, ModelError
 from vald.manifest import Manifest
+from vald.sessions import SessionInfo
 from vald.spec import Component, ComponentSpec, TensorSpec
 
 try:
@@ -101,13 +102,24 @@ def load_modules(model_dir: Path) -> dict[Component, torch.nn.Module]:
 
 
 class TorchSession:
-    """One wrapper module run under ``torch.inference_mode``."""
+    """One wrapper module run under ``torch.inference_mode``.
 
-    def __init__(self, module: torch.nn.Module, spec: ComponentSpec, device: str, dtype: torch.dtype) -> None:
-        self._module = module.to(device=device, dtype=dtype)
+    ``precision`` fp32 and fp16 cast the module; bf16 keeps float32 weights and runs under CPU
+    autocast to bfloat16 (what a PyTorch user on a current CPU would do).
+    """
+
+    def __init__(self, module: torch.nn.Module, spec: ComponentSpec, device: str, precision: Precision) -> None:
+        self._dtype = torch.float16 if precision is Precision.FP16 else torch.float32
+        self._module = module.to(device=device, dtype=self._dtype)
         self._spec = spec
         self._device = device
-        self._dtype = dtype
+        self._autocast = precision is Precision.BF16
+        self._info = SessionInfo("torch", device, precision.value, torch.get_num_threads())
+
+    @property
+    def info(self) -> SessionInfo:
+        """Device, precision (autocast bf16, or the module dtype) and torch's intra-op threads."""
+        return self._info
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -125,7 +137,7 @@ class TorchSession:
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run the module; outputs as float32 numpy."""
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self._device, torch.bfloat16, enabled=self._autocast):
             out = self._module(*(self._tensor(np.asarray(feeds[t.name])) for t in self._spec.inputs))
         return {self._spec.outputs[0].name: out.float().cpu().numpy()}
 
@@ -141,6 +153,8 @@ def open_torch_sessions(
         raise BackendUnavailableError("provider=cuda was asked for, but torch sees no CUDA device")
     if device == "cpu" and cfg.precision is Precision.FP16:
         raise BackendUnavailableError("backend=torch precision=fp16 needs provider=cuda (CPU fp16 is not supported)")
+    if device == "cuda" and cfg.precision is Precision.BF16:
+        raise BackendUnavailableError("backend=torch precision=bf16 runs on provider=cpu (CPU autocast)")
     bundled = manifest.root / BUNDLED_MODEL
     recorded = Path(str(manifest.data.get("source", {}).get("path", "")))
     folder = model_dir or (bundled if (bundled / "model_index.json").is_file() else recorded)
@@ -149,6 +163,6 @@ def open_torch_sessions(
             "backend=torch needs the source diffusers folder: pass --model DIR "
             f"(the manifest's recorded folder {folder.name or '(none)'} is not there)"
         )
-    dtype = torch.float16 if cfg.precision is Precision.FP16 else torch.float32
+    torch.set_num_threads(cfg.resolved_threads)  # intra-op (OpenMP) threads, as the other backends
     modules = load_modules(folder)
-    return {c: TorchSession(modules[c], manifest.specs[c], device, dtype) for c in Component}
+    return {c: TorchSession(modules[c], manifest.specs[c], device, cfg.precision) for c in Component}
