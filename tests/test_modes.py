@@ -12,11 +12,13 @@ from PIL import Image
 from vald.app import open_engines
 from vald.attribution import attribute
 from vald.cli import main
-from vald.config import RunConfig
+from vald.config import Mode, RunConfig
 from vald.errors import ConfigError, InputError
 from vald.induce import induce, latent_mask
-from vald.sampling import invert_ddim, sample_ddim
+from vald.pipeline import decode_latents, draw_noise, encode_image, text_states
+from vald.sampling import add_noise, invert_ddim, sample_ddim
 from vald.schedules import NoiseSchedule, plan_ddim
+from vald.spec import Component
 
 SD_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1}
 
@@ -102,7 +104,62 @@ def test_progress_counts_every_pass_once(engines: Path) -> None:
     eng, x = _input(engines)
     seen: list[tuple[int, int]] = []
     attribute(eng, x, RunConfig(mode="inversion", steps=10, strength=0.5), on_step=lambda i, n: seen.append((i, n)))  # type: ignore[arg-type]
-    assert seen[-1] == (15, 15) and [i for i, _ in seen] == list(range(1, 16))  # invert + target + reconstruction
+    # inversion, then the counterfactual and its reconstruction stepped together in one batched pass
+    assert seen[-1] == (10, 10) and [i for i, _ in seen] == list(range(1, 11))
+
+
+class _CountingUnet:
+    """A session wrapper that records the batch size of every UNet call."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.batches = inner, []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def run(self, feeds):  # type: ignore[no-untyped-def]
+        self.batches.append(feeds["sample"].shape[0])
+        return self.inner.run(feeds)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"mode": "inversion"},
+        {"mode": "img2img", "reference": "reconstruction", "eta": 0.5, "finding_prompt": "right upper consolidation"},
+    ],
+)
+def test_counterfactual_and_reconstruction_share_one_unet_call_per_step(engines: Path, settings: dict) -> None:
+    """The batched pass gives what separate passes give, in one batch-3 (or 4) call per step."""
+    from dataclasses import replace
+
+    from vald.attribution import _sample
+    from vald.pipeline import Timings, make_denoiser
+
+    eng, x = _input(engines)
+    counting = _CountingUnet(eng.sessions[Component.UNET])
+    eng = replace(eng, sessions={**eng.sessions, Component.UNET: counting})
+    cfg = RunConfig(steps=10, strength=0.5, seed=2, **settings)
+    got = attribute(eng, x, cfg)
+    guided_source = 1 + bool(cfg.finding_prompt and cfg.mode is Mode.IMG2IMG)
+    assert counting.batches[-5:] == [2 + guided_source] * 5  # the joint pass: 5 steps of strength 0.5 of 10
+    # the same two trajectories run one after the other, as before batching
+    t = Timings()
+    negative, target, source = np.split(text_states(eng, [cfg.negative_prompt, cfg.prompt, cfg.finding_prompt], t), 3)
+    plan = plan_ddim(eng.schedule, cfg.steps, cfg.strength)
+    unet = counting.inner
+    if cfg.mode is Mode.INVERSION:
+        start = invert_ddim(make_denoiser(unet, negative, None, 1.0, t), encode_image(eng, x, t), plan)
+        to_source = make_denoiser(unet, negative, None, 1.0, t)
+    else:
+        z = encode_image(eng, x, t)
+        start = add_noise(z, draw_noise(cfg.seed, z.shape, 1)[0], plan.start_alpha_bar)
+        to_source = make_denoiser(unet, source, negative, cfg.guidance, t)
+    progress = lambda i, n: None  # noqa: E731
+    cf = _sample(make_denoiser(unet, target, negative, cfg.guidance, t), start, plan, cfg.eta, cfg.seed, progress, 1)
+    rec = _sample(to_source, start, plan, cfg.eta, cfg.seed, progress, 1)
+    assert np.abs(decode_latents(eng, cf, t) - got.counterfactual).max() < 1e-5
+    assert np.abs(decode_latents(eng, rec, t) - got.reference).max() < 1e-5
 
 
 def test_induce_changes_only_inside_the_mask(engines: Path) -> None:

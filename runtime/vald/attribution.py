@@ -27,7 +27,16 @@ from numpy.typing import NDArray
 
 from vald.config import Mode, Reference, RunConfig, SchedulerKind
 from vald.errors import ConfigError
-from vald.pipeline import Engines, Timings, decode_latents, draw_noise, encode_image, make_denoiser, text_states
+from vald.pipeline import (
+    Branch,
+    Engines,
+    Timings,
+    decode_latents,
+    draw_noise,
+    encode_image,
+    make_batched_denoiser,
+    text_states,
+)
 from vald.sampling import Array, Denoiser, OnStep, add_noise, invert_ddim, sample_ddim, sample_dpmpp_2m
 from vald.schedules import DdimPlan, DpmPlan, plan_ddim, plan_dpmpp_2m
 from vald.spec import Component
@@ -70,21 +79,24 @@ def _plan(engines: Engines, cfg: RunConfig) -> DdimPlan | DpmPlan:
 
 
 def _sample(
-    denoiser: Denoiser, x_t: Array, plan: DdimPlan | DpmPlan, eta: float, seed: int, progress: _Progress
+    denoiser: Denoiser, x_t: Array, plan: DdimPlan | DpmPlan, eta: float, seed: int, progress: _Progress, copies: int
 ) -> Array:
-    """Denoise ``x_t`` from the plan's first timestep to x_0."""
+    """Denoise ``x_t`` (``copies`` stacked passes from one start) from the plan's first timestep to x_0.
+
+    With eta > 0 every copy gets the same per-step noise, as if each were sampled alone with ``seed``.
+    """
     if isinstance(plan, DpmPlan):
         return sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress)
-    noises = draw_noise(seed + 7_919, x_t.shape, len(plan.timesteps)) if eta > 0 else None
+    if eta == 0:
+        return sample_ddim(denoiser, x_t, plan, on_step=progress)
+    single = (x_t.shape[0] // copies, *x_t.shape[1:])
+    noises = [np.concatenate([n] * copies) for n in draw_noise(seed + 7_919, single, len(plan.timesteps))]
     return sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress)
 
 
 def _passes(cfg: RunConfig) -> int:
-    """Sampler passes the mode runs (for the progress total)."""
-    per_seed = 1 + (cfg.resolved_reference is Reference.RECONSTRUCTION)
-    if cfg.mode is Mode.INVERSION:
-        return 1 + per_seed
-    return cfg.average * per_seed
+    """Sampler passes the mode runs (for the progress total); a counterfactual and its reconstruction are one."""
+    return 2 if cfg.mode is Mode.INVERSION else cfg.average
 
 
 def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep | None = None) -> Attribution:
@@ -97,27 +109,30 @@ def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep
     )
     z = encode_image(engines, image01, timings)
     unet = engines.sessions[Component.UNET]
-    to_target = make_denoiser(unet, target, negative, cfg.guidance, timings)
-    recon = cfg.resolved_reference is Reference.RECONSTRUCTION
+    to_target = Branch(target, negative, cfg.guidance)
     starts: list[tuple[Array, int]]
     if cfg.mode is Mode.INVERSION:
         if not isinstance(plan, DdimPlan):
             raise ConfigError("mode=inversion needs scheduler=ddim")
-        to_source = make_denoiser(unet, source if cfg.finding_prompt else negative, None, 1.0, timings)
-        starts = [(invert_ddim(to_source, z, plan, on_step=progress), cfg.seed)]
+        to_source = Branch(source if cfg.finding_prompt else negative)
+        inverted = invert_ddim(make_batched_denoiser(unet, [to_source], timings), z, plan, on_step=progress)
+        starts = [(inverted, cfg.seed)]
     else:
         guided_source = bool(cfg.finding_prompt)
-        to_source = make_denoiser(
-            unet, source if guided_source else negative, negative, cfg.guidance if guided_source else 1.0, timings
-        )
+        to_source = Branch(source if guided_source else negative, negative, cfg.guidance if guided_source else 1.0)
         alpha_bar = plan.start_alpha_bar
         seeds = [cfg.seed + k for k in range(cfg.average)]
         starts = [(add_noise(z, draw_noise(s, z.shape, 1)[0], alpha_bar), s) for s in seeds]
+    # the counterfactual and the reconstruction step from the same start at the same timesteps: one UNet call
+    recon = cfg.resolved_reference is Reference.RECONSTRUCTION
+    branches = [to_target, to_source] if recon else [to_target]
+    denoiser = make_batched_denoiser(unet, branches, timings)
     cfs, refs = [], []
     for x_t, seed in starts:
-        cfs.append(decode_latents(engines, _sample(to_target, x_t, plan, cfg.eta, seed, progress), timings))
+        x0 = _sample(denoiser, np.concatenate([x_t] * len(branches)), plan, cfg.eta, seed, progress, len(branches))
+        cfs.append(decode_latents(engines, x0[:1], timings))
         if recon:
-            refs.append(decode_latents(engines, _sample(to_source, x_t, plan, cfg.eta, seed, progress), timings))
+            refs.append(decode_latents(engines, x0[1:], timings))
     counterfactual = np.mean(cfs, axis=0).astype(np.float32)
     if recon:
         reference = np.mean(refs, axis=0).astype(np.float32)

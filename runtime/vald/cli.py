@@ -28,6 +28,7 @@ from vald.config import (
 )
 from vald.dicom.reader import MODALITIES
 from vald.errors import ValdError
+from vald.manifest import MANIFEST_NAME
 from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
@@ -86,6 +87,15 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _common(p)
 
 
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "verify", help="re-hash every engine file against the manifest, ignoring start-up stamps, and renew them"
+    )
+    p.add_argument(
+        "engines", type=Path, nargs="?", default=DEFAULT_ENGINES, help="engine folder (default engines/demo)"
+    )
+
+
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="diffusers folder -> ONNX engines + manifest (needs vald[export])")
     p.add_argument("model_dir", type=Path)
@@ -108,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vald", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)  # also adds `induce`
+    _verify_parser(sub)
     _export_parser(sub)
     return parser
 
@@ -199,6 +210,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from vald.manifest import Manifest
+
+    manifest = Manifest.load(args.engines)
+    count = manifest.verify_all().hashed
+    sets = ", ".join(p.value for p in manifest.precisions) or "none"
+    print(f"vald: {args.engines}: {count} file(s) match {MANIFEST_NAME} (graph sets: {sets}); stamps renewed")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
@@ -207,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "induce":
             return _cmd_induce(args)
+        if args.command == "verify":
+            return _cmd_verify(args)
         try:
             from vald_export import cli as export_cli  # the export tool is a separate, torch-using package
         except ImportError as exc:

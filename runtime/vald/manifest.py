@@ -110,6 +110,16 @@ class Manifest:
         except KeyError:
             raise EngineMismatchError(f"engine folder has no {precision} {component} (see {MANIFEST_NAME})") from None
 
+    @property
+    def precisions(self) -> tuple[Precision, ...]:
+        """Graph sets the folder holds for every component."""
+        components = self.data.get("components")
+        if not isinstance(components, dict):
+            raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is not an object")
+        found = [set(c.get("precisions", {})) if isinstance(c, dict) else set() for c in components.values()]
+        common = set.intersection(*found) if found else set()
+        return tuple(p for p in Precision if p.value in common)
+
     def graph_path(self, component: Component, precision: Precision) -> Path:
         """Path of the ONNX graph (its first file) for one component and precision."""
         return self.root / next(iter(self._files(component, precision)))
@@ -132,7 +142,17 @@ class Manifest:
         Files whose stamp in the engine cache still matches (see :mod:`vald.cache`) are not read
         again unless ``rehash``; every file hashed and found to match is stamped.
         """
-        expected = self.engine_hashes(precision)
+        return self.verify_files(self.engine_hashes(precision), rehash=rehash)
+
+    def verify_all(self) -> Verification:
+        """Re-hash every file of every graph set and the tokenizer, ignoring stamps (``vald verify``)."""
+        expected: dict[str, str] = {}
+        for precision in self.precisions or (None,):
+            expected |= self.engine_hashes(precision)
+        return self.verify_files(expected, rehash=True)
+
+    def verify_files(self, expected: Mapping[str, str], *, rehash: bool = False) -> Verification:
+        """Check files (relative path -> sha256) as :meth:`verify` does."""
         stamps = StampStore(self.root)
         hashed = 0
         for rel, digest in expected.items():
@@ -150,7 +170,7 @@ class Manifest:
                     f"engine file {rel} does not match {MANIFEST_NAME}: sha256 {actual[:12]}…, expected {digest[:12]}…"
                 )
             stamps.record(rel, digest)
-        return Verification(expected, hashed=hashed, stamped=len(expected) - hashed, cache_writable=stamps.save())
+        return Verification(dict(expected), hashed=hashed, stamped=len(expected) - hashed, cache_writable=stamps.save())
 
 
 @dataclass(frozen=True)

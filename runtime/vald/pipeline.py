@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,29 +51,68 @@ class Timings:
         return out
 
 
-def make_denoiser(unet: Session, cond: Array, uncond: Array | None, guidance: float, timings: Timings) -> Denoiser:
-    """Classifier-free guidance (Ho & Salimans 2022): ``e_u + g (e_c - e_u)`` in one batch-2 UNet call.
+@dataclass(frozen=True)
+class Branch:
+    """One conditioning of a batched denoiser: ``cond`` states, optional ``uncond`` and the guidance scale."""
 
-    ``cond``/``uncond`` are ``[B, S, hidden]`` text states; with ``uncond`` None or
-    ``guidance == 1`` the UNet runs on the conditional batch only.
+    cond: Array
+    uncond: Array | None = None
+    guidance: float = 1.0
+
+    @property
+    def guided(self) -> bool:
+        """Whether this branch needs the unconditional prediction too (CFG)."""
+        return self.uncond is not None and self.guidance > 1.0
+
+    @property
+    def states(self) -> list[Array]:
+        """Text states this branch adds to the UNet batch, in batch order."""
+        return [self.uncond, self.cond] if self.uncond is not None and self.guidance > 1.0 else [self.cond]
+
+
+def make_batched_denoiser(unet: Session, branches: Sequence[Branch], timings: Timings) -> Denoiser:
+    """Several conditionings of several latents in one UNet call per step.
+
+    The state ``x`` stacks one equal slice per branch (``x = [x_1; ...; x_n]``); branch ``k`` sees
+    ``x_k`` and returns classifier-free guidance (Ho & Salimans 2022) ``e_u + g (e_c - e_u)`` when
+    guided, else ``e_c``.  The UNet batch is ``[x_1 (uncond), x_1 (cond), x_2 (cond), ...]``: a
+    counterfactual (guided) and a reconstruction (unguided) stepping from the same timestep cost one
+    batch-3 call instead of a batch-2 and a batch-1 call.  The samplers are elementwise over the batch,
+    so each slice follows exactly the trajectory it would alone.
     """
-    guided = uncond is not None and guidance > 1.0
-    states = np.concatenate([uncond, cond]) if guided and uncond is not None else cond
+    states = np.concatenate([s for b in branches for s in b.states])
 
     def denoiser(x: Array, t: int) -> Array:
-        batch = np.concatenate([x, x]) if guided else x
+        slices = np.split(x, len(branches))
+        batch = np.concatenate([x_k for b, x_k in zip(branches, slices, strict=True) for _ in range(1 + b.guided)])
+        rows = x.shape[0] // len(branches)
         feeds = {
             "sample": batch,
             "timestep": np.full((batch.shape[0],), t, dtype=np.float32),
-            "encoder_hidden_states": states,
+            "encoder_hidden_states": np.repeat(states, rows, axis=0),
         }
         out = timings.run("unet", lambda: unet.run(feeds)["out_sample"])
-        if not guided:
-            return out
-        e_u, e_c = np.split(out, 2)
-        return (e_u + guidance * (e_c - e_u)).astype(np.float32)
+        results, at = [], 0
+        for b in branches:
+            if b.guided:
+                e_u, e_c = out[at : at + rows], out[at + rows : at + 2 * rows]
+                results.append(e_u + b.guidance * (e_c - e_u))
+                at += 2 * rows
+            else:
+                results.append(out[at : at + rows])
+                at += rows
+        return np.concatenate(results).astype(np.float32)
 
     return denoiser
+
+
+def make_denoiser(unet: Session, cond: Array, uncond: Array | None, guidance: float, timings: Timings) -> Denoiser:
+    """Classifier-free guidance in one batch-2 UNet call (one branch of :func:`make_batched_denoiser`).
+
+    ``cond``/``uncond`` are ``[1, S, hidden]`` text states; with ``uncond`` None or
+    ``guidance == 1`` the UNet runs on the conditional batch only.
+    """
+    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance)], timings)
 
 
 def draw_noise(seed: int, shape: tuple[int, ...], count: int) -> list[Array]:

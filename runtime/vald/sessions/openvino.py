@@ -43,9 +43,18 @@ class OpenVinoSession:
     """One ONNX graph compiled for OpenVINO's CPU device, with one infer request reused across calls."""
 
     def __init__(
-        self, core: Any, path: Path, spec: ComponentSpec, *, precision: Precision, threads: int, graph: str = ""
+        self,
+        core: Any,
+        path: Path,
+        spec: ComponentSpec,
+        *,
+        precision: Precision,
+        threads: int,
+        graph: str = "",
+        cache: Path | None = None,
     ) -> None:
         self._spec = spec
+        blobs = set(cache.iterdir()) if cache is not None else set()
         config = {
             "INFERENCE_PRECISION_HINT": _HINT[precision],
             "PERFORMANCE_HINT": "LATENCY",
@@ -65,9 +74,10 @@ class OpenVinoSession:
             )
         self._request = compiled.create_infer_request()
         self._names = [t.name for t in spec.outputs]
-        self._info = SessionInfo(
-            "openvino", "CPU", used.value, int(compiled.get_property("INFERENCE_NUM_THREADS")), graph=graph
-        )
+        threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+        # from OpenVINO's cache when it had blobs and wrote no new one
+        cached = cache is not None and bool(blobs) and not (set(cache.iterdir()) - blobs)
+        self._info = SessionInfo("openvino", "CPU", used.value, threads_used, graph=graph, cached=cached)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -95,7 +105,8 @@ def open_openvino_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component
     """Compile the four FP32 graphs on the CPU at ``cfg.precision`` with ``cfg``'s threads."""
     if cfg.provider is not Provider.CPU:
         raise BackendUnavailableError(f"backend=openvino runs on provider cpu here, not {cfg.provider}")
-    core = _core(cache_dir(manifest.root, "openvino"))
+    cache = cache_dir(manifest.root, "openvino")
+    core = _core(cache)
     graphs = graph_precision(cfg) or Precision.FP32
     sessions = {}
     for component in Component:
@@ -107,5 +118,6 @@ def open_openvino_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component
             precision=cfg.precision,
             threads=cfg.resolved_threads,
             graph=str(path.relative_to(manifest.root)),
+            cache=cache,
         )
     return sessions
