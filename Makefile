@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 
-.PHONY: setup demo retrain bench-attribution test lint clean
+.PHONY: setup demo retrain bench bench-quick bench-attribution test lint clean
 
 setup: $(SETUP)
 
@@ -35,6 +35,14 @@ demo: $(RUN_SETUP)
 retrain: setup
 	$(PY) -m vald_train build/train/demo
 	$(PY) -m vald_train.ship build/train/demo --out engines/demo
+
+# Latency, memory and accuracy of every backend against the PyTorch reference (JSON, tables and a plot in
+# benchmarks/results).  The SD1.5-size model is built and exported into build/ first if absent (~12 min).
+bench: setup
+	$(PY) benchmarks/latency.py
+
+bench-quick: setup
+	$(PY) benchmarks/latency.py --quick
 
 # Attribution quality on held-out phantoms (tables, JSON and the sweep plot in benchmarks/results).
 bench-attribution: setup

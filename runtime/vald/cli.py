@@ -96,6 +96,33 @@ def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     )
 
 
+def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="latency, memory and accuracy of every available backend and precision against the PyTorch reference",
+    )
+    p.add_argument("--engines", type=Path, default=DEFAULT_ENGINES, help="engine folder (default engines/demo)")
+    p.add_argument("--model", type=Path, help="its diffusers folder, for the torch and diffusers contenders")
+    p.add_argument("--name", help="the model's name in the table (default: the engine folder's name)")
+    p.add_argument("--image", type=Path, help="input image (default: the engine folder's first sample, if any)")
+    p.add_argument("--size", type=int, action="append", help="model resolution in pixels, repeatable (default: native)")
+    p.add_argument("--repeats", type=int, default=3, help="warm runs per contender after the cold one (default 3)")
+    p.add_argument("--contenders", help="comma-separated names (default: all available; see the README)")
+    p.add_argument("--quick", action="store_true", help="leave out the slowest CPU contenders (FP16 graphs, ...)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON and table go")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per contender (default 3600)")
+    for name, kind, text in (
+        ("--mode", str, "img2img, inversion (default) or paired; diffusers runs only with img2img"),
+        ("--steps", int, "sampler steps of the full schedule"),
+        ("--strength", float, "fraction of the schedule re-noised"),
+        ("--guidance", float, "classifier-free guidance scale"),
+        ("--seed", int, "noise seed"),
+        ("--threads", int, "intra-op threads for every contender (default: one per available CPU)"),
+        ("--config", Path, "TOML file of run settings"),
+    ):
+        p.add_argument(name, type=kind, help=text)
+
+
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("export", help="diffusers folder -> ONNX engines + manifest (needs vald[export])")
     p.add_argument("model_dir", type=Path)
@@ -119,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)  # also adds `induce`
     _verify_parser(sub)
+    _bench_parser(sub)
     _export_parser(sub)
     return parser
 
@@ -220,6 +248,42 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from vald.bench.contenders import by_name
+    from vald.bench.run import Subject, run_bench
+    from vald.errors import InputError
+    from vald.manifest import Manifest
+
+    cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    cfg = cfg.replace(
+        mode=args.mode, steps=args.steps, strength=args.strength, guidance=args.guidance, seed=args.seed
+    ).replace(threads=args.threads)
+    contenders = by_name(args.contenders, quick=args.quick)
+    manifest = Manifest.load(args.engines)
+    bundled = args.engines / "model"
+    model_dir = args.model or (bundled if (bundled / "model_index.json").is_file() else None)
+    samples = sorted((args.engines / "samples").glob("*.png"))
+    image = args.image or (samples[0] if samples else None)
+    if image is None:
+        raise InputError("no --image given and the engine folder has no samples/*.png")
+    subject = Subject(
+        args.name or args.engines.name, args.engines, model_dir, tuple(args.size or [manifest.model.image_size])
+    )
+    path = run_bench(
+        [subject],
+        contenders,
+        cfg,
+        image=image,
+        repeats=args.repeats,
+        out=args.out,
+        timeout=args.timeout,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    print(path.with_suffix(".md").read_text(encoding="utf-8"))
+    print(path)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
@@ -230,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_induce(args)
         if args.command == "verify":
             return _cmd_verify(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         try:
             from vald_export import cli as export_cli  # the export tool is a separate, torch-using package
         except ImportError as exc:

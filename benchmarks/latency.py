@@ -1,0 +1,109 @@
+"""Latency, memory and accuracy of every backend and precision: the demo model and the SD1.5-size architecture.
+
+`make bench` runs this.  Each part calls `vald bench` (one process per contender, identical inputs and
+seeds, accuracy against the PyTorch fp32 reference of the same run) and writes
+benchmarks/results/latency-<model>-<mode>.{json,md}; a plot of the end-to-end times goes to latency.png.
+
+- demo (engines/demo, 128²): default settings (inversion, strength 0.7 of 50 DDIM steps, guidance 8),
+  then img2img with diffusers' own StableDiffusionImg2ImgPipeline, then one thread vs the default.
+- sd15-size (built from config with random weights: latency depends on the architecture, not the
+  weights): made and exported into build/ if absent (~12 min, ~11 GB peak RSS); 256² and 512² with
+  --sd-steps (default 10, i.e. 7 sampler steps at strength 0.7: one default-settings run of the FP32
+  contenders takes ~15 min per resolution on 2 cores, so the schedule is shortened; per-call UNet
+  times are reported and scale linearly with the step count).
+
+--quick: the demo at 20 steps with 1 repeat and the SD1.5-size model at 256² with 4 steps (a few minutes
+once the SD folder is exported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VALD = [sys.executable, "-m", "vald.cli"]
+
+
+def vald(*args: str) -> None:
+    print("$ vald " + " ".join(args), flush=True)
+    subprocess.run([*VALD, *args], check=True, cwd=ROOT)
+
+
+def ensure_sd15(folder: Path, engines: Path) -> None:
+    if not (folder / "model_index.json").is_file():
+        vald("make-sd15-model", str(folder))
+    if not (engines / "manifest.json").is_file():
+        vald("export", str(folder), "--out", str(engines))
+
+
+def plot(out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = []
+    for path in sorted(out.glob("latency-*.json")):
+        data = json.loads(path.read_text())
+        for size in sorted({r["size"] for r in data["rows"]}):
+            rows = [r for r in data["rows"] if r["size"] == size and "end_to_end_s" in r]
+            if rows:
+                panels.append((f"{path.stem.removeprefix('latency-')} {size}²", rows))
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.2 + 0.45 * sum(len(r) for _, r in panels)))
+    for ax, (title, rows) in zip([axes] if len(panels) == 1 else axes, panels, strict=True):
+        names = [r["contender"] for r in rows]
+        times = [r["end_to_end_s"]["p50"] for r in rows]
+        colours = ["tab:blue" if n.startswith("vald") else "tab:grey" for n in names]
+        ax.barh(names, times, color=colours)
+        for y, r in enumerate(rows):
+            corr = r.get("accuracy", {}).get("map_correlation")
+            ax.text(times[y], y, f" {times[y]:.3g} s" + (f", map corr {corr:.3f}" if corr else ""), va="center")
+        ax.set_title(title, fontsize=9)
+        ax.invert_yaxis()
+        ax.set_xlabel("end to end p50 (s), lower is better")
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--sd-folder", type=Path, default=ROOT / "build" / "sd15")
+    p.add_argument("--sd-engines", type=Path, default=ROOT / "build" / "sd15-engines")
+    p.add_argument("--sd-steps", type=int, default=10)
+    p.add_argument("--only", choices=["demo", "sd15"], help="run one part")
+    args = p.parse_args()
+    out = str(args.out)
+    demo = ["--engines", "engines/demo", "--out", out]
+    if args.only in (None, "demo"):
+        steps = ["--steps", "20", "--repeats", "1", "--quick"] if args.quick else ["--repeats", "5"]
+        vald("bench", *demo, *steps)
+        vald("bench", *demo, *steps, "--mode", "img2img")
+        vald(
+            "bench",
+            *demo,
+            *steps,
+            "--threads",
+            "1",
+            "--contenders",
+            "vald onnxruntime fp32,vald openvino bf16,torch fp32",
+        )
+    if args.only in (None, "sd15"):
+        ensure_sd15(args.sd_folder, args.sd_engines)
+        sd = ["--engines", str(args.sd_engines), "--model", str(args.sd_folder), "--name", "sd15-size", "--out", out]
+        sizes = ["--size", "256"] if args.quick else ["--size", "256", "--size", "512"]
+        steps = ["--steps", "4" if args.quick else str(args.sd_steps), "--repeats", "0" if args.quick else "1"]
+        vald("bench", *sd, *sizes, *steps, "--quick", "--image", "engines/demo/samples/consolidation.png")
+    plot(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

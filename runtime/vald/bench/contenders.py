@@ -1,0 +1,66 @@
+"""What ``vald bench`` compares: each backend and precision of vald, the PyTorch reference, diffusers' pipeline."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+from vald.config import Backend, Mode, Precision
+
+REFERENCE = "torch fp32"  # accuracy is measured against this contender, from the same run
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One way to make the counterfactual: ``kind`` vald (our loop on a backend) or diffusers (their pipeline)."""
+
+    name: str
+    kind: str
+    backend: Backend
+    precision: Precision
+    provider: str = "cpu"
+
+    def unavailable(self, *, mode: Mode, cuda: bool) -> str | None:
+        """Why this contender cannot run here (None: it can)."""
+        needs = {Backend.OPENVINO: "openvino", Backend.TORCH: "torch"}.get(self.backend)
+        if needs and importlib.util.find_spec(needs) is None:
+            return f"{needs} is not installed (pip install 'vald[{needs}]')"
+        if self.kind == "diffusers":
+            if importlib.util.find_spec("diffusers") is None:
+                return "diffusers is not installed (pip install 'vald[torch]')"
+            if mode is not Mode.IMG2IMG:
+                return f"diffusers' img2img pipeline has no {mode.value} mode (run the bench with --mode img2img)"
+        if self.provider == "cuda" and not cuda:
+            return "no CUDA device"
+        return None
+
+
+CPU_CONTENDERS = (
+    Contender("vald onnxruntime fp32", "vald", Backend.ONNXRUNTIME, Precision.FP32),
+    Contender("vald onnxruntime fp16", "vald", Backend.ONNXRUNTIME, Precision.FP16),
+    Contender("vald openvino fp32", "vald", Backend.OPENVINO, Precision.FP32),
+    Contender("vald openvino bf16", "vald", Backend.OPENVINO, Precision.BF16),
+    Contender(REFERENCE, "vald", Backend.TORCH, Precision.FP32),
+    Contender("torch bf16", "vald", Backend.TORCH, Precision.BF16),
+    Contender("torch fp16 cuda", "vald", Backend.TORCH, Precision.FP16, provider="cuda"),
+    Contender("diffusers img2img fp32", "diffusers", Backend.TORCH, Precision.FP32),
+    Contender("diffusers img2img bf16", "diffusers", Backend.TORCH, Precision.BF16),
+)
+# --quick leaves out the slowest contenders on a CPU: FP16 graphs (no FP16 matrix units: casts around
+# every op) and diffusers in bf16 (the torch bf16 row measures the same kernels).
+QUICK_SKIP = ("vald onnxruntime fp16", "diffusers img2img bf16")
+
+
+def by_name(names: str | None, *, quick: bool) -> tuple[Contender, ...]:
+    """Contenders named in a comma list (all when None), the reference always first."""
+    chosen = [c for c in CPU_CONTENDERS if names is None or c.name in {n.strip() for n in names.split(",")}]
+    if names is not None:
+        unknown = {n.strip() for n in names.split(",")} - {c.name for c in CPU_CONTENDERS}
+        if unknown:
+            from vald.errors import ConfigError
+
+            known = "; ".join(c.name for c in CPU_CONTENDERS)
+            raise ConfigError(f"unknown contender(s) {', '.join(sorted(unknown))}; known: {known}")
+    if quick and names is None:
+        chosen = [c for c in chosen if c.name not in QUICK_SKIP]
+    return tuple(sorted(chosen, key=lambda c: c.name != REFERENCE))
