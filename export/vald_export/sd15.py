@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vald_export.tiny import vocab_size, write_model_index, write_tokenizer
+from vald_export.tiny import vocab_size, write_scheduler_and_index, write_tokenizer
 
 
 def make_sd15_model(out: Path, *, seed: int = 0) -> Path:
     """Write the folder at ``out`` (safetensors, float32); returns ``out``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import BertConfig, BertModel
 
     out.mkdir(parents=True, exist_ok=True)
@@ -44,13 +44,5 @@ def make_sd15_model(out: Path, *, seed: int = 0) -> Path:
         layers_per_block=2,
         sample_size=512,
     ).save_pretrained(out / "vae")
-    DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    ).save_pretrained(out / "scheduler")
-    write_model_index(out)
+    write_scheduler_and_index(out)
     return out

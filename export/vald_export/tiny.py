@@ -85,7 +85,7 @@ def write_tokenizer(folder: Path, max_length: int = 77, words: tuple[str, ...] =
 def make_tiny_model(out: Path, *, seed: int = 0, image_channels: int = 1, hidden: int = 32) -> Path:
     """Write a diffusers folder: 64×64 images, f=4 VAE, 16×16×4 latents, BERT hidden ``hidden``."""
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import BertConfig, BertModel
 
     out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +124,14 @@ def make_tiny_model(out: Path, *, seed: int = 0, image_channels: int = 1, hidden
         norm_num_groups=8,
         sample_size=64,
     ).save_pretrained(out / "vae")
+    write_scheduler_and_index(out)
+    return out
+
+
+def write_scheduler_and_index(out: Path) -> None:
+    """Stable Diffusion's DDIM scheduler (scaled-linear betas, no clipping, steps_offset 1) and the index."""
+    from diffusers import DDIMScheduler
+
     DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -133,7 +141,6 @@ def make_tiny_model(out: Path, *, seed: int = 0, image_channels: int = 1, hidden
         steps_offset=1,
     ).save_pretrained(out / "scheduler")
     write_model_index(out)
-    return out
 
 
 def write_model_index(out: Path) -> None:

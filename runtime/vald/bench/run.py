@@ -151,7 +151,8 @@ def bench_subject(
                     log(f"  failed: {raw['error']}")
                     continue
                 summary = summarise(raw)
-                size_rows.append({**row, **summary, "sessions": raw.get("sessions"), "startup": raw.get("startup")})
+                extra = {k: raw.get(k) for k in ("sessions", "startup", "engine_files_sha256")}
+                size_rows.append({**row, **summary, **extra})
                 done.append(c.name)
                 p50, cold = summary["end_to_end_s"]["p50"], summary["cold_start_s"]
                 log(f"  end to end p50 {p50:.2f} s, cold start {cold:.1f} s")

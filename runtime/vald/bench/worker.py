@@ -75,7 +75,8 @@ def _vald(spec: Mapping[str, Any]) -> tuple[Callable[[], tuple[F32, F32, dict[st
         stages["unet_calls"] = float(len(unet.calls))
         return result.counterfactual, result.signed_map, stages
 
-    return once, {"sessions": provenance["sessions"], "startup": provenance["startup"]}
+    keep = ("sessions", "startup", "engine_files_sha256")
+    return once, {k: provenance[k] for k in keep}
 
 
 def measure(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from vald.config import Backend, Precision, Provider, RunConfig
 from vald.manifest import Manifest
-from vald.spec import Component, TensorSpec
+from vald.spec import Component, ComponentSpec, TensorSpec
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,28 @@ class Session(Protocol):
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run once; every output is returned as float32 on the host."""
         ...
+
+
+class BoundSession:
+    """Base of the session classes: the bindings of their spec, and the info they set once opened."""
+
+    _spec: ComponentSpec
+    _info: SessionInfo
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """Input bindings."""
+        return self._spec.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Output bindings."""
+        return self._spec.outputs
+
+    @property
+    def info(self) -> SessionInfo:
+        """What actually runs this network."""
+        return self._info
 
 
 def graph_precision(cfg: RunConfig) -> Precision | None:

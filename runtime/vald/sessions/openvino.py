@@ -22,8 +22,8 @@ from vald.cache import cache_dir
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
 from vald.manifest import Manifest
-from vald.sessions import SessionInfo, graph_precision
-from vald.spec import Component, ComponentSpec, TensorSpec
+from vald.sessions import BoundSession, SessionInfo, graph_precision
+from vald.spec import Component, ComponentSpec
 
 _HINT = {Precision.FP32: "f32", Precision.BF16: "bf16"}
 _REPORTED = {"float32": Precision.FP32, "f32": Precision.FP32, "bfloat16": Precision.BF16, "bf16": Precision.BF16}
@@ -54,7 +54,7 @@ def _core(cache: Path | None) -> Any:
     return core
 
 
-class OpenVinoSession:
+class OpenVinoSession(BoundSession):
     """One ONNX graph compiled for OpenVINO's CPU device, with one infer request reused across calls."""
 
     def __init__(
@@ -93,21 +93,6 @@ class OpenVinoSession:
         # from OpenVINO's cache when it had blobs and wrote no new one
         cached = cache is not None and bool(blobs) and not (set(cache.iterdir()) - blobs)
         self._info = SessionInfo("openvino", "CPU", used.value, threads_used, graph=graph, cached=cached)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input bindings."""
-        return self._spec.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output bindings."""
-        return self._spec.outputs
-
-    @property
-    def info(self) -> SessionInfo:
-        """Device, the precision OpenVINO reports it compiled for, threads."""
-        return self._info
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run the compiled model; outputs as float32 copies (the request's buffers are reused)."""

@@ -22,8 +22,8 @@ from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
 from vald.manifest import Manifest
-from vald.sessions import SessionInfo, graph_precision
-from vald.spec import Component, ComponentSpec, TensorSpec
+from vald.sessions import BoundSession, SessionInfo, graph_precision
+from vald.spec import Component, ComponentSpec
 
 _EP = {
     Provider.CPU: "CPUExecutionProvider",
@@ -50,7 +50,7 @@ def _options(threads: int, *, optimize: bool, save_to: Path | None) -> Any:
     return options
 
 
-class OrtSession:
+class OrtSession(BoundSession):
     """One ONNX graph in an ``onnxruntime.InferenceSession``.
 
     ``threads``: intra-op threads (0: onnxruntime's default).  ``optimized``: ``path`` is a graph this
@@ -81,21 +81,6 @@ class OrtSession:
                 f"onnxruntime did not start {wanted} for {spec.component} (got {self._session.get_providers()})"
             )
         self._info = SessionInfo("onnxruntime", wanted, precision.value, threads, graph=graph, cached=optimized)
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input bindings."""
-        return self._spec.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output bindings."""
-        return self._spec.outputs
-
-    @property
-    def info(self) -> SessionInfo:
-        """Provider, precision, threads, graph file and whether it came from the cache."""
-        return self._info
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run the graph; outputs as float32."""

@@ -17,8 +17,8 @@ from numpy.typing import NDArray
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError, ModelError
 from vald.manifest import Manifest
-from vald.sessions import SessionInfo
-from vald.spec import Component, ComponentSpec, TensorSpec
+from vald.sessions import BoundSession, SessionInfo
+from vald.spec import Component, ComponentSpec
 
 try:
     import torch
@@ -101,7 +101,7 @@ def load_modules(model_dir: Path) -> dict[Component, torch.nn.Module]:
     return modules
 
 
-class TorchSession:
+class TorchSession(BoundSession):
     """One wrapper module run under ``torch.inference_mode``.
 
     ``precision`` fp32 and fp16 cast the module; bf16 keeps float32 weights and runs under CPU
@@ -115,21 +115,6 @@ class TorchSession:
         self._device = device
         self._autocast = precision is Precision.BF16
         self._info = SessionInfo("torch", device, precision.value, torch.get_num_threads())
-
-    @property
-    def info(self) -> SessionInfo:
-        """Device, precision (autocast bf16, or the module dtype) and torch's intra-op threads."""
-        return self._info
-
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        """Input bindings."""
-        return self._spec.inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        """Output bindings."""
-        return self._spec.outputs
 
     def _tensor(self, value: NDArray[Any]) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(value)).to(self._device)
