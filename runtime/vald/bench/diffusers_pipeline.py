@@ -45,7 +45,11 @@ def prepare(spec: Mapping[str, Any]) -> tuple[Callable[[], tuple[F32, F32, dict[
         raise ConfigError("the diffusers contender runs img2img only (mode=img2img)")
     torch.set_num_threads(cfg.resolved_threads)
     pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
-        Path(spec["model_dir"]), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        Path(spec["model_dir"]),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+        torch_dtype=torch.float32,  # a folder may store FP16 weights (engines/demo/model does); compute as vald
     )
     pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
