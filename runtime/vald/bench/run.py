@@ -24,7 +24,7 @@ import numpy as np
 from vald.bench.contenders import REFERENCE, Contender
 from vald.bench.environment import environment
 from vald.config import RunConfig
-from vald.manifest import Manifest
+from vald.manifest import Manifest, sha256_file
 from vald.outputs import write_atomic
 
 STAGES = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
@@ -222,7 +222,7 @@ def run_bench(
         "date": stamp,
         "settings": _settings(cfg),
         "threads": cfg.resolved_threads,
-        "image": image.name,
+        "image_sha256": sha256_file(image),  # never its name: a file name may carry patient data
         "repeats": repeats,
         "environment": env,
         "engines": {
