@@ -100,8 +100,12 @@ def test_optimised_graphs_are_cached_and_compute_the_same(fresh: Path) -> None:
     cached = next((fresh / CACHE_DIR / "ort").glob("*/optimized.onnx.data"))
     with cached.open("ab") as fh:
         fh.write(b"\0")
+    # and a staging folder left by a killed process (pid 999999999 does not exist) is removed
+    stale = cached.parent.parent / f".{cached.parent.name}.999999999"
+    stale.mkdir()
     _, prov3 = open_engines(fresh, cfg)
     assert sum(not s["cached"] for s in prov3["sessions"].values()) == 1
+    assert not stale.exists()
 
 
 def test_an_unwritable_engine_folder_runs_without_cache(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,10 +136,24 @@ def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool
     if all(stamps.trusted_sha256(r) == f"derived:{key}" for r in rels):
         return members[0], True, None, final
     shutil.rmtree(final, ignore_errors=True)  # absent, partial or changed since written: make it again
+    for stale in folder.glob(f".{key}.*"):  # left by a process killed while writing (GBs each at SD size)
+        if not _alive(stale.name.rsplit(".", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     staging = folder / f".{key}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return source, False, staging / OPTIMIZED, final
+
+
+def _alive(pid: str) -> bool:
+    """Whether ``pid`` (text) names a running process."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _publish(manifest: Manifest, staged: Path, final: Path) -> None:
