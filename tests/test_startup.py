@@ -61,7 +61,10 @@ def test_same_size_edit_with_restored_mtime_is_caught_by_vald_verify(fresh: Path
 
 
 def test_vald_verify_rehashes_every_graph_set(fresh: Path, capsys) -> None:
+    open_engines(fresh, RunConfig())  # leaves optimised graphs in the cache
+    assert any((fresh / CACHE_DIR / "ort").iterdir())
     assert main(["verify", str(fresh)]) == 0
+    assert not (fresh / CACHE_DIR / "ort").exists()  # derived from the files: cleared, rebuilt on the next start
     out = capsys.readouterr().out
     files = len(Manifest.load(fresh).engine_hashes(Precision.FP32)) + 4  # plus the FP16 graphs
     assert f"{files} file(s) match manifest.json (graph sets: fp32, fp16)" in out

@@ -10,7 +10,8 @@ re-hashes everything, ignoring stamps.
 
 Derived files (ONNX Runtime's optimised graphs, OpenVINO's compiled blobs) live in the same folder,
 keyed by what they derive from and by the runtime's version; they are stamped when written and
-discarded when their stamp no longer matches.  A folder that cannot be written (read-only install)
+discarded when their stamp no longer matches; ``vald verify`` removes them (they are rebuilt from the
+verified files on the next start).  A folder that cannot be written (read-only install)
 means no cache: every start hashes and optimises again, and provenance says so.
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -101,3 +103,12 @@ def cache_dir(root: Path, *parts: str) -> Path | None:
     except OSError:
         return None
     return folder if os.access(folder, os.W_OK) else None
+
+
+DERIVED = ("ort", "openvino")  # cache sub-folders made from the engine files, rebuilt on the next start
+
+
+def clear_derived(root: Path) -> None:
+    """Remove the optimised/compiled graphs derived from the engine files (``vald verify`` does)."""
+    for name in DERIVED:
+        shutil.rmtree(root / CACHE_DIR / name, ignore_errors=True)

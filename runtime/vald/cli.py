@@ -239,12 +239,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    from vald.cache import clear_derived
     from vald.manifest import Manifest
 
     manifest = Manifest.load(args.engines)
     count = manifest.verify_all().hashed
+    clear_derived(args.engines)
     sets = ", ".join(p.value for p in manifest.precisions) or "none"
-    print(f"vald: {args.engines}: {count} file(s) match {MANIFEST_NAME} (graph sets: {sets}); stamps renewed")
+    print(
+        f"vald: {args.engines}: {count} file(s) match {MANIFEST_NAME} (graph sets: {sets}); stamps renewed, "
+        "optimised graphs cleared (rebuilt on the next start)"
+    )
     return 0
 
 
