@@ -23,11 +23,12 @@ from vald.spec import Component, ComponentSpec, TensorSpec
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """What runs a network, as established by the backend itself after it loaded (never just what was asked).
+    """What runs a network, as established once the backend has loaded it.
 
-    ``precision`` is the compute precision the backend reports; ``graph`` the engine file it loaded
-    (relative to the engine folder; empty for the torch reference); ``cached`` whether a graph optimised
-    on an earlier start was reused.
+    ``precision`` is the compute precision the backend reports after compiling (OpenVINO), the precision of
+    the graph set it loaded (ONNX Runtime), or the module dtype / autocast in use (torch); ``graph`` the
+    engine file it loaded (relative to the engine folder; empty for the torch reference); ``cached``
+    whether a graph optimised or compiled on an earlier start was reused.
     """
 
     backend: str

@@ -7,6 +7,7 @@ loaded with optimisation off on later starts: start-up does not redo the graph r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -110,6 +111,7 @@ def _providers(cfg: RunConfig, cache: Path) -> list[Any]:
     return [ep]
 
 
+@functools.cache
 def cpu_flags_sha() -> str:
     """Hash of this CPU's instruction-set flags (an optimised graph may use kernels only they allow)."""
     try:
