@@ -87,3 +87,24 @@ def test_threads_reach_result_json(engines: Path, small_png: Path, tmp_path: Pat
     import os
 
     assert {s["threads"] for s in default["sessions"].values()} == {len(os.sched_getaffinity(0))}
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--guidance", "nan", "guidance=nan must be a finite number"),
+        ("--guidance", "inf", "guidance=inf must be a finite number"),
+        ("--strength", "nan", "strength=nan must be a finite number"),
+        ("--eta", "nan", "eta=nan must be a finite number"),
+        ("--steps", "100000", "steps=100000 exceeds the model's 1000 training timesteps"),
+    ],
+)
+def test_bad_settings_stop_the_run_once(
+    engines: Path, small_png: Path, tmp_path: Path, capsys, option: str, value: str, message: str
+) -> None:
+    """A settings error is one line and exit 2 before any input runs, not a failure of every input (exit 1)."""
+    args = ["run", str(small_png), "--engines", str(engines), "--out", str(tmp_path), "--quiet", option, value]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vald: error: {message}"]
+    assert not (tmp_path / "summary.json").exists()

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald import __version__
-from vald.attribution import attribute
+from vald.attribution import attribute, check_against_model
 from vald.config import DEFAULT_OUTPUTS, OutputOptions, RunConfig
 from vald.errors import InputError
 from vald.imageio import Letterbox, read_image
@@ -48,6 +48,7 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
         model=info,
         schedule=NoiseSchedule.from_config(manifest.scheduler_config),
     )
+    check_against_model(engines, cfg)  # once, as a settings error: not a failure of every input
     provenance = {
         "model_sha256": manifest.model_sha256,
         "engine_files_sha256": verified.hashes,

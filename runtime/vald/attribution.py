@@ -78,6 +78,11 @@ def _plan(engines: Engines, cfg: RunConfig) -> DdimPlan | DpmPlan:
     return plan_ddim(engines.schedule, cfg.steps, cfg.strength)
 
 
+def check_against_model(engines: Engines, cfg: RunConfig) -> None:
+    """ConfigError if ``cfg`` cannot run on this model (e.g. more steps than its training timesteps)."""
+    _plan(engines, cfg)
+
+
 def _sample(
     denoiser: Denoiser, x_t: Array, plan: DdimPlan | DpmPlan, eta: float, seed: int, progress: _Progress, copies: int
 ) -> Array:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -213,6 +214,8 @@ def _check_number(
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise ConfigError(f"{name}={value!r} must be {'an integer' if kind is int else 'a number'}")
     if kind is float:
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}={value!r} must be a finite number")
         object.__setattr__(cfg, name, float(value))
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
