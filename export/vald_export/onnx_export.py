@@ -9,6 +9,7 @@ file beside the graph; sizes are computed from the tensors' shapes, never with
 
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -34,14 +35,7 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     """
     tensors = list(model.graph.initializer)
     tensors += [a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.HasField("t")]
-    total = 0
-    for t in tensors:
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
-        count = 1
-        for d in t.dims:
-            count *= d
-        total += count * itemsize
-    return total
+    return sum(math.prod(t.dims) * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize for t in tensors)
 
 
 def _save(model: onnx.ModelProto, path: Path, threshold: int) -> list[Path]:

@@ -261,12 +261,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
     cfg = cfg.replace(
-        mode=args.mode, steps=args.steps, strength=args.strength, guidance=args.guidance, seed=args.seed
-    ).replace(threads=args.threads)
+        mode=args.mode,
+        steps=args.steps,
+        strength=args.strength,
+        guidance=args.guidance,
+        seed=args.seed,
+        threads=args.threads,
+    )
     contenders = by_name(args.contenders, quick=args.quick)
     manifest = Manifest.load(args.engines)
-    bundled = args.engines / "model"
-    model_dir = args.model or (bundled if (bundled / "model_index.json").is_file() else None)
+    source = manifest.source_folder(args.model)
+    model_dir = source if (source / "model_index.json").is_file() else None
     samples = sorted((args.engines / "samples").glob("*.png"))
     image = args.image or (samples[0] if samples else None)
     if image is None:

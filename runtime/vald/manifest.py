@@ -23,6 +23,7 @@ from vald.errors import EngineMismatchError
 from vald.spec import Component, ComponentSpec, specs
 
 MANIFEST_NAME = "manifest.json"
+BUNDLED_MODEL = "model"  # an engine folder may carry its source diffusers folder here (engines/demo does)
 FORMAT_VERSION = 1
 
 
@@ -97,6 +98,19 @@ class Manifest:
         """I/O descriptors for this model."""
         m = self.model
         return specs(image_channels=m.image_channels, latent_channels=m.latent_channels, hidden_size=m.hidden_size)
+
+    def source_folder(self, override: Path | None = None) -> Path:
+        """The diffusers folder the engines came from.
+
+        That is ``override``, else the engine folder's bundled ``model/`` (engines/demo has one), else the
+        path recorded at export (which may no longer exist).
+        """
+        bundled = self.root / BUNDLED_MODEL
+        if override is not None:
+            return override
+        if (bundled / "model_index.json").is_file():
+            return bundled
+        return Path(str(self.data.get("source", {}).get("path", "")))
 
     @property
     def model_sha256(self) -> str:

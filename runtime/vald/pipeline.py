@@ -67,7 +67,7 @@ class Branch:
     @property
     def states(self) -> list[Array]:
         """Text states this branch adds to the UNet batch, in batch order."""
-        return [self.uncond, self.cond] if self.uncond is not None and self.guidance > 1.0 else [self.cond]
+        return [self.uncond, self.cond] if self.guided and self.uncond is not None else [self.cond]
 
 
 def make_batched_denoiser(unet: Session, branches: Sequence[Branch], timings: Timings) -> Denoiser:

@@ -122,21 +122,25 @@ def cpu_flags_sha() -> str:
     return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
 
 
-def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool, Path | None, Path]:
-    """Where to load ``rel`` from: (path, is it a cached optimised graph, where to save one or None, key folder)."""
+def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool, tuple[Path, Path] | None]:
+    """Where to load ``rel`` from.
+
+    Returns (path, whether it is a cached optimised graph, and the (staging file, final folder) pair to
+    write and publish an optimised graph to, or None).
+    """
     import onnxruntime as ort
 
     key = hashlib.sha256(json.dumps([digest, ort.__version__, cpu_flags_sha()]).encode()).hexdigest()[:24]
     folder = cache_dir(manifest.root, "ort")
     source = manifest.root / rel
     if folder is None:
-        return source, False, None, source
+        return source, False, None
     final = folder / key
     stamps = StampStore(manifest.root)
     members = [final / OPTIMIZED, final / f"{OPTIMIZED}.data"]
     rels = [str(m.relative_to(manifest.root)) for m in members]
     if all(stamps.trusted_sha256(r) == f"derived:{key}" for r in rels):
-        return members[0], True, None, final
+        return members[0], True, None
     shutil.rmtree(final, ignore_errors=True)  # absent, partial or changed since written: make it again
     for stale in folder.glob(f".{key}.*"):  # left by a process killed while writing (GBs each at SD size)
         if not _alive(stale.name.rsplit(".", 1)[-1]):
@@ -144,7 +148,7 @@ def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool
     staging = folder / f".{key}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    return source, False, staging / OPTIMIZED, final
+    return source, False, (staging / OPTIMIZED, final)
 
 
 def _alive(pid: str) -> bool:
@@ -178,14 +182,15 @@ def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, Ort
     """Open the manifest's graphs (TensorRT EP builds FP16 from the FP32 graphs) with ``cfg``'s threads."""
     precision = graph_precision(cfg) or Precision.FP32
     providers = _providers(cfg, manifest.root / "trt_cache")
+    hashes = manifest.engine_hashes(precision)
     sessions = {}
     for component in Component:
         source = manifest.graph_path(component, precision)
         rel = str(source.relative_to(manifest.root))
         if cfg.provider is Provider.CPU:
-            path, optimized, save, final = _cached_graph(manifest, rel, manifest.engine_hashes(precision)[rel])
+            path, optimized, publish = _cached_graph(manifest, rel, hashes[rel])
         else:
-            path, optimized, save, final = source, False, None, source  # GPU providers keep their own caches
+            path, optimized, publish = source, False, None  # GPU providers keep their own caches
         sessions[component] = OrtSession(
             path,
             manifest.specs[component],
@@ -193,9 +198,9 @@ def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, Ort
             threads=cfg.resolved_threads,
             precision=cfg.precision,
             optimized=optimized,
-            save_optimized=save,
+            save_optimized=publish[0] if publish else None,
             graph=rel,
         )
-        if save is not None:
-            _publish(manifest, save, final)
+        if publish is not None:
+            _publish(manifest, *publish)
     return sessions

@@ -76,9 +76,6 @@ class VaeDecoderModule(torch.nn.Module):
         return out
 
 
-BUNDLED_MODEL = "model"  # an engine folder may carry its source diffusers folder here (engines/demo does)
-
-
 def load_modules(model_dir: Path) -> dict[Component, torch.nn.Module]:
     """Load a local diffusers folder (offline) as the four wrapper modules, eval mode, float32."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -140,9 +137,7 @@ def open_torch_sessions(
         raise BackendUnavailableError("backend=torch precision=fp16 needs provider=cuda (CPU fp16 is not supported)")
     if device == "cuda" and cfg.precision is Precision.BF16:
         raise BackendUnavailableError("backend=torch precision=bf16 runs on provider=cpu (CPU autocast)")
-    bundled = manifest.root / BUNDLED_MODEL
-    recorded = Path(str(manifest.data.get("source", {}).get("path", "")))
-    folder = model_dir or (bundled if (bundled / "model_index.json").is_file() else recorded)
+    folder = manifest.source_folder(model_dir)
     if not (folder / "model_index.json").is_file():
         raise ModelError(
             "backend=torch needs the source diffusers folder: pass --model DIR "
