@@ -193,8 +193,7 @@ def _warm_disk_cache(contenders: Sequence[Contender]) -> None:
     modules |= {{"openvino": "openvino", "torch": "torch"}.get(c.backend.value, "onnxruntime") for c in contenders}
     if any(c.kind == "diffusers" or c.backend.value == "torch" for c in contenders):
         modules |= {"diffusers", "transformers"}
-    # as the OpenVINO session does: its telemetry must not start in this process either
-    code = "import sys\nsys.modules['openvino_telemetry'] = None\n"
+    code = "import vald\n"  # its telemetry switches (vald.privacy) hold in this process too
     code += "\n".join(f"try:\n    import {m}\nexcept Exception:\n    pass" for m in sorted(modules))
     subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
 

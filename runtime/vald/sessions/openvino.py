@@ -10,7 +10,6 @@ keys by graph, device, its version and the compile options.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from vald.cache import cache_dir
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
 from vald.manifest import Manifest
+from vald.privacy import quiet_dependencies
 from vald.sessions import BoundSession, SessionInfo, graph_precision
 from vald.spec import Component, ComponentSpec
 
@@ -29,21 +29,8 @@ _HINT = {Precision.FP32: "f32", Precision.BF16: "bf16"}
 _REPORTED = {"float32": Precision.FP32, "f32": Precision.FP32, "bfloat16": Precision.BF16, "bf16": Precision.BF16}
 
 
-def _without_telemetry() -> None:
-    """Keep OpenVINO's telemetry from starting in this process.
-
-    ``import openvino`` imports its model-conversion tool (``openvino.tools.ovc``), which starts
-    ``openvino_telemetry``: opt-out Google Analytics that resolves and contacts its host on import
-    unless a consent file in the user's home says no (seen under strace with OpenVINO 2026.4).  vald
-    uses the runtime only; with ``openvino_telemetry`` unimportable, ovc falls back to its own no-op
-    stub.  Nothing is written to the user's home.  Done before the first ``import openvino``.
-    """
-    if "openvino_telemetry" not in sys.modules:
-        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
-
-
 def _core(cache: Path | None) -> Any:
-    _without_telemetry()
+    quiet_dependencies()  # again: a host program may have reset it; before the first import openvino
     try:
         import openvino as ov
     except ImportError:

@@ -23,6 +23,7 @@ from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
 from vald.manifest import Manifest
+from vald.privacy import quiet_dependencies
 from vald.sessions import BoundSession, SessionInfo, graph_precision
 from vald.spec import Component, ComponentSpec
 
@@ -73,6 +74,7 @@ class OrtSession(BoundSession):
     ) -> None:
         import onnxruntime as ort
 
+        quiet_dependencies()  # no-op after ``import vald``; the switch must precede ORT's first session
         self._spec = spec
         options = _options(threads, optimize=not optimized, save_to=save_optimized)
         self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
