@@ -16,7 +16,7 @@ from PIL import Image
 from vald.batch import Entry, collect, run_batch
 from vald.cli import main
 from vald.errors import InputError
-from vald.outputs import RESULT, write_atomic
+from vald.outputs import publish_set
 from vald.sources import Source, load
 
 FAST = ["--steps", "4", "--quiet"]
@@ -35,7 +35,7 @@ def _fake_process(out: Path, settings: str, fail_on: set[int] | None = None, cal
             calls.append(entry.index)
         if fail_on and entry.index in fail_on:
             raise KeyboardInterrupt
-        write_atomic(out / source.key / RESULT, json.dumps({"settings_sha256": settings}).encode())
+        publish_set(out / source.key, {"counterfactual.png": source.sha256.encode()}, {"settings_sha256": settings})
         return out / source.key
 
     return process
@@ -46,10 +46,26 @@ def test_collect_walks_folders_and_skips_non_images(tmp_path: Path) -> None:
     (tmp_path / "in" / "notes.txt").write_text("x")
     (tmp_path / "in" / "DICOMDIR").write_bytes(b"x")
     (tmp_path / "in" / ".hidden.png").write_bytes(b"x")
-    _png(tmp_path / "in" / "out" / "old.png", 3)  # the output folder inside the input folder is left out
-    assert collect([tmp_path / "in"], exclude=tmp_path / "in" / "out") == [a, b]
+    assert collect([tmp_path / "in"], out=tmp_path / "out") == [a, b]
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no input files"):
-        collect([tmp_path / "in" / "out"], exclude=tmp_path / "in" / "out")
+        collect([tmp_path / "empty"])
+
+
+def test_an_output_folder_in_the_inputs_is_refused_and_old_outputs_are_never_inputs(tmp_path: Path) -> None:
+    a = _png(tmp_path / "in" / "a.png", 1)
+    with pytest.raises(InputError, match="the output folder is input folder #2; choose an --out outside"):
+        collect([a, tmp_path / "in"], out=tmp_path / "in")
+    with pytest.raises(InputError, match="the output folder is inside input folder #1"):
+        collect([tmp_path / "in"], out=tmp_path / "in" / "results")
+    # outputs of earlier runs that were moved among the inputs: an output root (its lock) and a loose set
+    _png(tmp_path / "in" / "old-run" / "0123abcd" / "counterfactual.png", 2)
+    (tmp_path / "in" / "old-run" / ".vald-lock").write_text("1\n")
+    _png(tmp_path / "in" / "copied" / "triptych.png", 3)
+    (tmp_path / "in" / "copied" / "result.json").write_text("{}")
+    assert collect([tmp_path / "in"], out=tmp_path / "out") == [a]
+    with pytest.raises(InputError, match="input folder #1 is an output folder of vald"):
+        collect([tmp_path / "in" / "old-run"], out=tmp_path / "out")
 
 
 def test_a_crash_loses_nothing_and_a_rerun_resumes(tmp_path: Path) -> None:

@@ -6,15 +6,16 @@ exported studies often carry patient names or IDs).  ``sha256sum`` finds the fil
 
 The summary (``summary.json`` and ``summary.csv``) is rewritten atomically after every input, so a
 crash leaves it valid; a re-run skips every input whose ``result.json`` carries the same settings hash.
-Ctrl-C marks the input in progress "interrupted", stops the batch and returns what was done (the
-caller still writes its report); inputs not reached are counted as ``not_started`` in the summary.
+Ctrl-C, SIGTERM and SIGHUP (see :mod:`vald.signals`) mark the input in progress "interrupted", stop the
+batch and return what was done (the caller still writes its report); inputs not reached are counted as
+``not_started`` in the summary, and ``stopped_by`` names the signal.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import json
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from vald.errors import InputError, ValdError
-from vald.outputs import RESULT, write_atomic
+from vald.lock import LOCK_NAME
+from vald.outputs import RESULT, described, strict_json, write_atomic
+from vald.signals import stopped_by
 from vald.sources import Source
 
 SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
@@ -63,6 +66,7 @@ class Summary:
     finished: str = ""
     run: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
+    stopped_by: str = ""  # the signal that stopped the run: SIGINT (Ctrl-C), SIGTERM or SIGHUP
     not_started: int = 0
 
     @property
@@ -80,34 +84,52 @@ class Summary:
         return out
 
 
-def collect(paths: Sequence[Path], exclude: Path | None = None) -> list[Path]:
-    """Files given, and every file under folders given (recursively, sorted); our own outputs left out."""
+def _is_vald_output(folder: Path) -> bool:
+    """A folder vald wrote: an output root (its lock file) or one input's output set (its result.json)."""
+    return (folder / LOCK_NAME).exists() or (folder / RESULT).is_file()
+
+
+def _walk(root: Path) -> list[Path]:
+    """Image candidates under ``root``, sorted; hidden entries and vald's own output folders left out."""
+    found = []
+    for here, dirs, files in os.walk(root):
+        base = Path(here)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not _is_vald_output(base / d)]
+        for name in files:
+            if name.startswith(".") or name in IGNORED_NAMES or Path(name).suffix.lower() in IGNORED_SUFFIXES:
+                continue
+            found.append(base / name)
+    return sorted(found)
+
+
+def collect(paths: Sequence[Path], out: Path | None = None) -> list[Path]:
+    """Files given, and every file under folders given (recursively, sorted); vald's own outputs left out.
+
+    An output folder equal to an input folder or inside one is refused (its results would become inputs
+    of the next run, and a walk would race with the writes).
+    """
     found: list[Path] = []
-    excluded = exclude.resolve() if exclude is not None else None
-    for path in paths:
-        if path.is_dir():
-            for child in sorted(p for p in path.rglob("*") if p.is_file()):
-                rel = child.relative_to(path)
-                if any(part.startswith(".") for part in rel.parts) or child.name in IGNORED_NAMES:
-                    continue
-                if child.suffix.lower() in IGNORED_SUFFIXES:
-                    continue
-                if excluded is not None and child.resolve().is_relative_to(excluded):
-                    continue
-                found.append(child)
-        else:
+    target = out.resolve() if out is not None else None
+    for number, path in enumerate(paths, start=1):
+        if not path.is_dir():
             found.append(path)  # a missing file is reported as a failure of its own, not here
+            continue
+        folder = path.resolve()
+        if target is not None and target.is_relative_to(folder):
+            where = "is" if target == folder else "is inside"
+            raise InputError(f"the output folder {where} input folder #{number}; choose an --out outside the inputs")
+        if _is_vald_output(folder):
+            raise InputError(f"input folder #{number} is an output folder of vald; give the original images")
+        found.extend(_walk(path))
     if not found:
         raise InputError("no input files found")
     return found
 
 
 def finished(out_dir: Path, settings_sha: str) -> bool:
-    """True if ``out_dir`` holds a complete result made with these settings."""
-    try:
-        return bool(json.loads((out_dir / RESULT).read_text()).get("settings_sha256") == settings_sha)
-    except (OSError, ValueError, AttributeError):
-        return False
+    """True if ``out_dir`` holds a complete result made with these settings (every listed file intact)."""
+    result = described(out_dir)
+    return result is not None and result.get("settings_sha256") == settings_sha
 
 
 def _csv(summary: Summary) -> bytes:
@@ -123,7 +145,7 @@ def _csv(summary: Summary) -> bytes:
 def write_summary(out_root: Path, summary: Summary) -> None:
     """``summary.json`` and ``summary.csv``, atomically."""
     body = {**asdict(summary), "counts": summary.counts()}
-    write_atomic(out_root / SUMMARY_JSON, (json.dumps(body, indent=2) + "\n").encode())
+    write_atomic(out_root / SUMMARY_JSON, strict_json(body, indent=2))
     write_atomic(out_root / SUMMARY_CSV, _csv(summary))
 
 
@@ -171,9 +193,10 @@ def run_batch(
             else:
                 process(source, entry)
                 entry.status = Status.DONE
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (vald.signals)
             entry.status, entry.seconds = Status.INTERRUPTED, round(time.perf_counter() - started, 3)
             summary.interrupted, summary.not_started = True, len(inputs) - index
+            summary.stopped_by = stopped_by(exc).name
             break
         except ValdError as exc:
             entry.status, entry.error = Status.FAILED, str(exc)

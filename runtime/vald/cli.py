@@ -9,6 +9,7 @@ Errors print one line, no traceback, and name inputs by index and hash only.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +29,9 @@ from vald.config import (
 )
 from vald.dicom.reader import MODALITIES
 from vald.errors import ValdError
+from vald.lock import claim
 from vald.manifest import MANIFEST_NAME
+from vald.signals import exit_status, stop_on_signals, stopped_by
 from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
@@ -190,9 +193,10 @@ def _cmd_induce(args: argparse.Namespace) -> int:
     cfg = _config(args, INDUCE_DEFAULTS)
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
     source = _loader(args)(args.image)
-    out_dir = induce_one(
-        source, args.mask, args.out, engines, provenance, cfg, options=_options(args), on_step=_progress(args.quiet)
-    )
+    with claim(args.out):
+        out_dir = induce_one(
+            source, args.mask, args.out, engines, provenance, cfg, options=_options(args), on_step=_progress(args.quiet)
+        )
     print(out_dir)
     return 0
 
@@ -203,7 +207,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from vald.report import write_report
 
     cfg = _config(args, RunConfig())
-    inputs = collect(args.inputs, exclude=args.out)
+    inputs = collect(args.inputs, out=args.out)
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
     options = _options(args)
     settings_sha = settings_sha256(cfg, provenance, "attribution", options)
@@ -225,16 +229,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(args.out / entry.output, flush=True)
 
     info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": __version__}
-    summary = run_batch(
-        inputs, args.out, settings_sha, _loader(args), process, run_info=info, force=args.force, on_event=event
-    )
-    report = None if args.no_report else write_report(args.out, summary)
+    with claim(args.out):
+        summary = run_batch(
+            inputs, args.out, settings_sha, _loader(args), process, run_info=info, force=args.force, on_event=event
+        )
+        report = None if args.no_report else write_report(args.out, summary)
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items())
     tail = f"; report: {report}" if report else ""
     print(f"vald: {len(inputs)} input(s): {counts}; summary: {args.out / 'summary.json'}{tail}", file=sys.stderr)
     if summary.interrupted:
-        print("vald: interrupted; run the same command again to resume (finished inputs are skipped)", file=sys.stderr)
-        return INTERRUPTED
+        why = "interrupted" if summary.stopped_by == "SIGINT" else f"stopped by {summary.stopped_by}"
+        print(f"vald: {why}; run the same command again to resume (finished inputs are skipped)", file=sys.stderr)
+        return 128 + int(signal.Signals[summary.stopped_by])
     return 1 if summary.failed else 0
 
 
@@ -298,27 +304,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "induce":
-            return _cmd_induce(args)
-        if args.command == "verify":
-            return _cmd_verify(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        try:
-            from vald_export import cli as export_cli  # the export tool is a separate, torch-using package
-        except ImportError as exc:
-            raise ValdError(
-                f"`vald {args.command}` needs the export extra: pip install 'vald[export]' ({exc})"
-            ) from None
-        return export_cli.main(args)
+        with stop_on_signals():
+            return _dispatch(args)
     except ValdError as exc:
         print(f"vald: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\nvald: interrupted", file=sys.stderr)
-        return INTERRUPTED
+    except KeyboardInterrupt as exc:
+        why = "interrupted" if stopped_by(exc) == signal.SIGINT else f"stopped by {stopped_by(exc).name}"
+        print(f"\nvald: {why}", file=sys.stderr)
+        return exit_status(exc)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command."""
+    commands = {"run": _cmd_run, "induce": _cmd_induce, "verify": _cmd_verify, "bench": _cmd_bench}
+    if args.command in commands:
+        return commands[args.command](args)
+    try:
+        from vald_export import cli as export_cli  # the export tool is a separate, torch-using package
+    except ImportError as exc:
+        raise ValdError(f"`vald {args.command}` needs the export extra: pip install 'vald[export]' ({exc})") from None
+    return export_cli.main(args)
 
 
 if __name__ == "__main__":

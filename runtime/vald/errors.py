@@ -38,3 +38,11 @@ class ParityError(ValdError):
 
 class ExportError(ValdError):
     """``vald export`` failed in a library step (tracing, conversion, saving); the staging folder is removed."""
+
+
+class OutputError(ValdError):
+    """The output folder cannot be used or written (not a folder, no permission, no space left)."""
+
+
+class OutputBusyError(OutputError):
+    """Another vald process is writing into the same output folder."""
