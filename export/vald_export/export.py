@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -11,6 +10,7 @@ from typing import Any
 
 import torch
 
+from vald import strictjson
 from vald.app import versions
 from vald.config import Precision
 from vald.errors import ExportError, ModelError, ValdError
@@ -85,7 +85,7 @@ def export_model(
             raise
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ExportError(f"export failed while {step[0]}: {type(exc).__name__}: {detail}") from None
-    (stage / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (stage / MANIFEST_NAME).write_text(strictjson.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
     stage.rename(out)

@@ -13,6 +13,7 @@ batch and return what was done (the caller still writes its report); inputs not 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
@@ -23,11 +24,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vald.errors import InputError, ValdError
+from vald.errors import InputError, OutputError, ValdError
 from vald.lock import LOCK_NAME
-from vald.outputs import RESULT, described, strict_json, write_atomic
+from vald.outputs import RESULT, described, output_errors, strict_json, write_atomic
 from vald.signals import stopped_by
-from vald.sources import Source
+from vald.sources import Source, read_sha256
 
 SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
 # Files a folder walk passes over: not images, or our own outputs.
@@ -145,8 +146,9 @@ def _csv(summary: Summary) -> bytes:
 def write_summary(out_root: Path, summary: Summary) -> None:
     """``summary.json`` and ``summary.csv``, atomically."""
     body = {**asdict(summary), "counts": summary.counts()}
-    write_atomic(out_root / SUMMARY_JSON, strict_json(body, indent=2))
-    write_atomic(out_root / SUMMARY_CSV, _csv(summary))
+    with output_errors("the summary"):
+        write_atomic(out_root / SUMMARY_JSON, strict_json(body, indent=2))
+        write_atomic(out_root / SUMMARY_CSV, _csv(summary))
 
 
 def now() -> str:
@@ -161,7 +163,7 @@ def run_batch(
     paths: Iterable[Path],
     out_root: Path,
     settings_sha: str,
-    load: Callable[[Path], Source],
+    load: Callable[[Path, str | None], Source],
     process: Callable[[Source, Entry], Path],
     *,
     run_info: dict[str, Any] | None = None,
@@ -169,6 +171,9 @@ def run_batch(
     on_event: Events | None = None,
 ) -> Summary:
     """Load and process each input; a failure is recorded and the batch goes on.
+
+    ``load(path, sha256)`` reads one input whose content hash is already known.  A failure to write the
+    outputs (:class:`OutputError`: disk full, read-only) is recorded, then stops the batch: it is raised.
 
     ``on_event(entry, total)`` is called when an input starts (status "") and when it ends.  A
     KeyboardInterrupt stops the batch: the summary comes back with ``interrupted`` set.
@@ -183,8 +188,9 @@ def run_batch(
             on_event(entry, len(inputs))
         started = time.perf_counter()
         try:
-            source = load(path)
-            entry.input_sha256, entry.output = source.sha256, source.key
+            entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
+            source = load(path, entry.input_sha256)
+            entry.output = source.key
             first = seen.setdefault(source.key, index)
             if first != index:
                 entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
@@ -198,6 +204,13 @@ def run_batch(
             summary.interrupted, summary.not_started = True, len(inputs) - index
             summary.stopped_by = stopped_by(exc).name
             break
+        except OutputError as exc:  # the output folder, not this input: later inputs would fail the same way
+            entry.status, entry.error = Status.FAILED, str(exc)
+            entry.seconds = round(time.perf_counter() - started, 3)
+            summary.not_started, summary.finished = len(inputs) - index, now()
+            with contextlib.suppress(OutputError):
+                write_summary(out_root, summary)
+            raise
         except ValdError as exc:
             entry.status, entry.error = Status.FAILED, str(exc)
         except Exception as exc:  # a bad file never stops a batch; the type is safe to show, the text may not be

@@ -23,7 +23,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vald.outputs import write_atomic
+from vald.outputs import strict_json, write_atomic
 
 CACHE_DIR = ".vald-cache"
 STAMPS = "stamps.json"
@@ -88,7 +88,7 @@ class StampStore:
             return True
         payload = {rel: asdict(stamp) for rel, stamp in sorted(self._stamps.items())}
         try:
-            write_atomic(self.path, (json.dumps(payload, indent=1) + "\n").encode("utf-8"))
+            write_atomic(self.path, strict_json(payload, indent=1))
         except OSError:
             return False
         self._dirty = False

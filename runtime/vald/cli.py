@@ -1,14 +1,16 @@
 """The ``vald`` command line.
 
 Exit status: 0 when every input succeeded (or was already finished), 1 when any input failed (the
-others are still processed; see summary.json), 2 for a usage, settings or engine error, 130 when
-stopped with Ctrl-C (a batch writes its summary and report first; run it again to resume).
+others are still processed; see summary.json), 2 for a usage, settings, engine or output-folder
+error, 130 / 143 / 129 when stopped by Ctrl-C / SIGTERM / SIGHUP (a batch writes its summary and report
+first; run it again to resume), 70 for an internal error (a bug; VALD_DEBUG=1 shows its traceback).
 Errors print one line, no traceback, and name inputs by index and hash only.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -35,8 +37,8 @@ from vald.signals import exit_status, stop_on_signals, stopped_by
 from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
+INTERNAL = 70  # EX_SOFTWARE: an internal error (a bug in vald)
 BAR = 30  # width of the progress bar on a terminal
-INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -182,9 +184,13 @@ def _options(args: argparse.Namespace) -> OutputOptions:
     return OutputOptions(dicom=not args.no_dicom_out, segmentation=args.segmentation)
 
 
-def _loader(args: argparse.Namespace) -> Callable[[Path], Source]:
+def _loader(args: argparse.Namespace) -> Callable[[Path, str | None], Source]:
     modalities = None if args.any_modality else MODALITIES
-    return lambda path: load(path, modalities=modalities)
+
+    def loader(path: Path, sha256: str | None) -> Source:
+        return load(path, sha256, modalities=modalities)
+
+    return loader
 
 
 def _cmd_induce(args: argparse.Namespace) -> int:
@@ -192,7 +198,7 @@ def _cmd_induce(args: argparse.Namespace) -> int:
 
     cfg = _config(args, INDUCE_DEFAULTS)
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
-    source = _loader(args)(args.image)
+    source = _loader(args)(args.image, None)
     with claim(args.out):
         out_dir = induce_one(
             source, args.mask, args.out, engines, provenance, cfg, options=_options(args), on_step=_progress(args.quiet)
@@ -313,6 +319,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         why = "interrupted" if stopped_by(exc) == signal.SIGINT else f"stopped by {stopped_by(exc).name}"
         print(f"\nvald: {why}", file=sys.stderr)
         return exit_status(exc)
+    except Exception as exc:  # a bug: its type is safe to show, its text may carry paths or patient data
+        if os.environ.get("VALD_DEBUG") == "1":
+            raise
+        print(
+            f"vald: error: internal error ({type(exc).__name__}); please report it (VALD_DEBUG=1 shows details)",
+            file=sys.stderr,
+        )
+        return INTERNAL
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -185,7 +185,9 @@ class RunConfig:
     def from_toml(cls, path: Path, base: RunConfig | None = None) -> RunConfig:
         """Load a TOML file of top-level keys (the same names as the CLI options) over ``base``."""
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path.name} is not UTF-8 text (a TOML file is expected)") from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
         except tomllib.TOMLDecodeError as exc:

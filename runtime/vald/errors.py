@@ -7,6 +7,8 @@ value and what was expected, and never carry patient data.
 
 from __future__ import annotations
 
+import errno
+
 
 class ValdError(Exception):
     """Base class of every error vald raises on purpose."""
@@ -46,3 +48,18 @@ class OutputError(ValdError):
 
 class OutputBusyError(OutputError):
     """Another vald process is writing into the same output folder."""
+
+
+def os_cause(exc: OSError, device: str = "device") -> str:
+    """The cause of a failed file operation in plain words, without the path (it may carry patient text)."""
+    causes = {
+        errno.ENOSPC: f"no space left on the {device}",
+        errno.EDQUOT: f"disk quota exceeded on the {device}",
+        errno.EROFS: f"the {device} is a read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EIO: f"input/output error on the {device}",
+    }
+    if exc.errno in causes:
+        return causes[exc.errno]
+    return (exc.strerror or type(exc).__name__).lower()

@@ -7,6 +7,7 @@ float32 ``[H, W]`` image in [0, 1], 0 = black as displayed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,10 @@ from PIL import Image, UnidentifiedImageError
 from vald.errors import InputError
 
 Gray = NDArray[np.float32]
+# Sizes vald reads, in any format, checked before decoding: a chest radiograph is at most ~4300 pixels a side;
+# the pixel limit bounds memory (see the README's reliability section for the measured peak).
+MIN_SIDE, MAX_SIDE = 64, 16384
+MAX_PIXELS = 40_000_000
 Reader = Callable[[Path], Gray]
 _READERS: dict[str, Reader] = {}
 
@@ -38,19 +43,53 @@ def read_image(path: Path) -> Gray:
     return reader(path)
 
 
+def check_size(width: int, height: int) -> None:
+    """InputError unless an image of ``width`` x ``height`` is within the sizes vald reads (any format)."""
+    sides_ok = MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE
+    if not sides_ok or width * height > MAX_PIXELS:
+        raise InputError(
+            f"image of {width}x{height} pixels is outside the supported size "
+            f"({MIN_SIDE}..{MAX_SIDE} pixels per side, at most {MAX_PIXELS / 1e6:.0f} megapixels)"
+        )
+
+
+def _integers(arr: NDArray[np.float64]) -> Gray:
+    """Integer grey levels to [0, 1]: /65535 when they fit 16 bits, else their own min..max range."""
+    low, high = float(arr.min()), float(arr.max())
+    if low >= 0 and high <= 65535:
+        return (arr / 65535.0).astype(np.float32)
+    if high == low:
+        return np.zeros(arr.shape, dtype=np.float32)
+    return ((arr - low) / (high - low)).astype(np.float32)
+
+
 def read_pil(path: Path) -> Gray:
-    """PNG/JPEG/TIFF through Pillow: 8- or 16-bit grey, or RGB(A) converted to luminance."""
+    """PNG/JPEG/TIFF/BMP through Pillow: 8- or 16-bit grey, 32-bit integer or float grey, or RGB(A) as luminance.
+
+    The size is checked from the header, before any pixel is decoded.  Integer images are divided by
+    65535 when every value fits in 16 bits unsigned, and mapped from their own minimum..maximum otherwise
+    (signed or 32-bit data); float images must be finite and are clipped to [0, 1].
+    """
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # the size is checked here, against vald's own, lower limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            check_size(*img.size)
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                scale = 65535.0 if arr.max() <= 65535 else float(arr.max())
-                return (arr / scale).astype(np.float32)
+            if img.mode.startswith("I"):
+                return _integers(np.asarray(img, dtype=np.float64))
             if img.mode == "F":
                 arr = np.asarray(img, dtype=np.float32)
+                if not np.isfinite(arr).all():
+                    raise InputError("image has non-finite pixel values (NaN or infinity)")
                 return np.clip(arr, 0.0, 1.0)
             return (np.asarray(img.convert("L"), dtype=np.float32) / 255.0).astype(np.float32)
+    except Image.DecompressionBombError:
+        raise InputError(
+            f"image is too large (over Pillow's decompression-bomb limit; vald reads at most {MAX_PIXELS / 1e6:.0f} "
+            "megapixels)"
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"image cannot be read ({type(exc).__name__}); is it a valid {path.suffix} file?") from None
 

@@ -8,20 +8,17 @@ lock file stays: it also marks the folder as vald's output, which input collecti
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vald.errors import OutputBusyError, OutputError
+from vald.errors import OutputBusyError, OutputError, os_cause
 from vald.outputs import remove_leftovers
 
 LOCK_NAME = ".vald-lock"
-
-
-def _describe(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__
 
 
 @contextmanager
@@ -31,7 +28,7 @@ def claim(out_root: Path) -> Iterator[Path]:
         out_root.mkdir(parents=True, exist_ok=True)
         fd = os.open(out_root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise OutputError(f"cannot use output folder {out_root}: {_describe(exc)}") from None
+        raise OutputError(f"cannot use output folder {out_root}: {os_cause(exc, 'output device')}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -41,8 +38,9 @@ def claim(out_root: Path) -> Iterator[Path]:
                 f"output folder {out_root} is in use by another vald process (pid {holder}); "
                 "wait for it to finish or choose another --out"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        with contextlib.suppress(OSError):  # the pid is for the message only; a full disk must not stop here
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
         remove_leftovers(out_root)
         yield out_root
     finally:

@@ -21,6 +21,7 @@ from vald.cache import StampStore
 from vald.config import Precision
 from vald.errors import EngineMismatchError
 from vald.spec import Component, ComponentSpec, specs
+from vald.strictjson import restore_non_finite
 
 MANIFEST_NAME = "manifest.json"
 BUNDLED_MODEL = "model"  # an engine folder may carry its source diffusers folder here (engines/demo does)
@@ -68,11 +69,15 @@ class Manifest:
         """Read ``root/manifest.json``; EngineMismatchError if absent or malformed."""
         path = root / MANIFEST_NAME
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_bytes().decode("utf-8"))
         except FileNotFoundError:
             raise EngineMismatchError(f"no {MANIFEST_NAME} in engine folder {root}; run `vald export` first") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise EngineMismatchError(f"{MANIFEST_NAME} in {root} cannot be read: {exc}") from None
+        except UnicodeDecodeError:
+            raise EngineMismatchError(f"{MANIFEST_NAME} in {root} is not UTF-8 text") from None
+        except OSError as exc:
+            raise EngineMismatchError(f"{MANIFEST_NAME} in {root} cannot be read: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise EngineMismatchError(f"{MANIFEST_NAME} in {root} is not valid JSON: {exc}") from None
         version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise EngineMismatchError(
@@ -90,8 +95,11 @@ class Manifest:
 
     @property
     def scheduler_config(self) -> Mapping[str, Any]:
-        """The source model's scheduler config."""
-        return dict(self.data.get("scheduler", {}))
+        """The source model's scheduler config (non-finite numbers, kept as text in the file, restored)."""
+        config = self.data.get("scheduler", {})
+        if not isinstance(config, dict):
+            raise EngineMismatchError(f"{MANIFEST_NAME} 'scheduler' is not an object")
+        return dict(restore_non_finite(config))
 
     @property
     def specs(self) -> dict[Component, ComponentSpec]:
@@ -117,12 +125,29 @@ class Manifest:
         """Hash of the source diffusers folder."""
         return str(self.data.get("source", {}).get("sha256", ""))
 
+    def path(self, rel: str) -> Path:
+        """The engine folder's file ``rel``; EngineMismatchError if it resolves outside the folder.
+
+        Links are followed: a manifest entry or a link that leads out of the folder is refused.
+        """
+        root = self.root.resolve()
+        path = (self.root / rel).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise EngineMismatchError(f"engine file {rel!r} listed in {MANIFEST_NAME} is outside the engine folder")
+        return path
+
     def _files(self, component: Component, precision: Precision) -> Mapping[str, str]:
+        self.precisions  # noqa: B018  (checks the components' structure, with its own message)
         try:
             entry = self.data["components"][component.value]["precisions"][precision.value]
-            return dict(entry["files"])
+            files = dict(entry["files"])
         except KeyError:
             raise EngineMismatchError(f"engine folder has no {precision} {component} (see {MANIFEST_NAME})") from None
+        except (TypeError, ValueError, AttributeError):
+            raise EngineMismatchError(f"{MANIFEST_NAME} entry of the {precision} {component} is malformed") from None
+        if not files or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+            raise EngineMismatchError(f"{MANIFEST_NAME} entry of the {precision} {component} is malformed")
+        return files
 
     @property
     def precisions(self) -> tuple[Precision, ...]:
@@ -130,13 +155,15 @@ class Manifest:
         components = self.data.get("components")
         if not isinstance(components, dict):
             raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is not an object")
-        found = [set(c.get("precisions", {})) if isinstance(c, dict) else set() for c in components.values()]
+        if not all(isinstance(c, dict) and isinstance(c.get("precisions", {}), dict) for c in components.values()):
+            raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is malformed: each component must be an object")
+        found = [set(c.get("precisions", {})) for c in components.values()]
         common = set.intersection(*found) if found else set()
         return tuple(p for p in Precision if p.value in common)
 
     def graph_path(self, component: Component, precision: Precision) -> Path:
         """Path of the ONNX graph (its first file) for one component and precision."""
-        return self.root / next(iter(self._files(component, precision)))
+        return self.path(next(iter(self._files(component, precision))))
 
     def engine_hashes(self, precision: Precision | None) -> dict[str, str]:
         """sha256 of every file a run loads, keyed by relative path.
@@ -147,7 +174,11 @@ class Manifest:
         if precision is not None:
             for component in Component:
                 hashes.update(self._files(component, precision))
-        hashes.update(self.data.get("tokenizer", {}).get("files", {}))
+        tokenizer = self.data.get("tokenizer", {})
+        files = tokenizer.get("files", {}) if isinstance(tokenizer, dict) else None
+        if not isinstance(files, dict):
+            raise EngineMismatchError(f"{MANIFEST_NAME} 'tokenizer' section is malformed")
+        hashes.update(files)
         return hashes
 
     def verify(self, precision: Precision | None, *, rehash: bool = False) -> Verification:
@@ -170,7 +201,7 @@ class Manifest:
         stamps = StampStore(self.root)
         hashed = 0
         for rel, digest in expected.items():
-            path = self.root / rel
+            path = self.path(rel)
             if not path.is_file():
                 raise EngineMismatchError(f"engine file {rel} listed in {MANIFEST_NAME} is missing")
             if not rehash and stamps.trusted_sha256(rel) == digest:

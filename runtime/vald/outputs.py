@@ -16,7 +16,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from vald.errors import OutputError, os_cause
 from vald.render import TITLES, heat_rgba, triptych
 
 COUNTERFACTUAL = "counterfactual.png"
@@ -36,6 +38,15 @@ HEATMAP = "heatmap.png"
 
 
 STAGING, REPLACED = ".partial-", ".replaced-"  # name parts of a set being written and of the set it replaces
+
+
+@contextmanager
+def output_errors(what: str) -> Iterator[None]:
+    """Turn a failed write of ``what`` into a one-line :class:`OutputError` naming the cause."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write {what}: {os_cause(exc, 'output device')}") from None
 
 
 def fsync_dir(path: Path) -> None:
@@ -95,6 +106,11 @@ def publish_set(out_dir: Path, files: Mapping[str, bytes], result: Mapping[str, 
     """
     if RESULT in files:
         raise ValueError(f"{RESULT} is written by publish_set itself")
+    with output_errors("the outputs"):
+        return _publish(out_dir, files, result)
+
+
+def _publish(out_dir: Path, files: Mapping[str, bytes], result: Mapping[str, Any]) -> dict[str, Path]:
     parent, name = out_dir.parent, out_dir.name
     parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".{name}{STAGING}{os.getpid()}"

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vald.errors import InputError
+from vald.errors import InputError, os_cause
 from vald.imageio import read_image
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -53,11 +53,29 @@ def looks_like_dicom(path: Path) -> bool:
     return path.suffix.lower() in DICOM_SUFFIXES or is_dicom(path)
 
 
-def load(path: Path, *, modalities: tuple[str, ...] | None = ("CR", "DX")) -> Source:
-    """Read an image file or a DICOM radiograph (``modalities=None`` accepts any DICOM modality)."""
+def read_sha256(path: Path) -> str:
+    """The content hash of an input file; InputError naming the cause if it cannot be read."""
     if not path.is_file():
         raise InputError("input file does not exist or is not a file")
-    sha = file_sha256(path)
+    try:
+        return file_sha256(path)
+    except OSError as exc:
+        raise InputError(f"cannot read input: {os_cause(exc, 'input device')}") from None
+
+
+def load(path: Path, sha256: str | None = None, *, modalities: tuple[str, ...] | None = ("CR", "DX")) -> Source:
+    """Read an image file or a DICOM radiograph (``modalities=None`` accepts any DICOM modality).
+
+    ``sha256``: the file's content hash when the caller has it already.
+    """
+    sha = sha256 or read_sha256(path)
+    try:
+        return _load(path, sha, modalities)
+    except OSError as exc:  # a read that fails after the hash (the file changed, an I/O error)
+        raise InputError(f"cannot read input: {os_cause(exc, 'input device')}") from None
+
+
+def _load(path: Path, sha: str, modalities: tuple[str, ...] | None) -> Source:
     if not looks_like_dicom(path):
         return Source(read_image(path), sha, sha[:KEY_CHARS])
     try:

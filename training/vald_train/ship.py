@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vald import strictjson
 from vald.config import Precision
 from vald_train.data import held_out_seeds
 from vald_train.dataset import write_dicom
@@ -105,7 +106,7 @@ def ship(work: Path, out: Path, log: Any = print) -> Path:
     exported.rmdir()
     manifest = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
     manifest["source"]["path"] = "model"  # bundled: the torch reference finds it beside the manifest
-    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    (stage / "manifest.json").write_text(strictjson.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     write_samples(stage / "samples")
     training = stage / "training"
     training.mkdir()

@@ -21,10 +21,10 @@ from numpy.typing import NDArray
 from vald.dicom.codecs import check_decodable, transfer_syntax_name
 from vald.dicom.pixels import Display, to_display
 from vald.errors import InputError
+from vald.imageio import check_size
 
 MODALITIES = ("CR", "DX")
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
-MIN_SIDE, MAX_SIDE = 64, 16384
 SPACING_TAGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 
 
@@ -120,8 +120,7 @@ def _check_header(ds: Any, modalities: tuple[str, ...] | None, path: Path) -> No
     if not 8 <= bits <= 16:
         raise InputError(f"Bits Stored is {bits}; 8 to 16 are supported")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if not (MIN_SIDE <= rows <= MAX_SIDE and MIN_SIDE <= cols <= MAX_SIDE):
-        raise InputError(f"image of {rows}x{cols} pixels is outside the supported {MIN_SIDE}..{MAX_SIDE} per side")
+    check_size(cols, rows)
 
 
 def read_dicom(path: Path, modalities: tuple[str, ...] | None = MODALITIES) -> DicomImage:

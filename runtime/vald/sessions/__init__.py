@@ -8,7 +8,7 @@ chooses the implementation once; nothing downstream branches on the backend.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald.config import Backend, Precision, Provider, RunConfig
+from vald.errors import EngineMismatchError
 from vald.manifest import Manifest
 from vald.spec import Component, ComponentSpec, TensorSpec
 
@@ -82,6 +83,17 @@ class BoundSession:
     def info(self) -> SessionInfo:
         """What actually runs this network."""
         return self._info
+
+
+def check_bindings(graph: str, spec: ComponentSpec, inputs: Iterable[str], outputs: Iterable[str]) -> None:
+    """EngineMismatchError unless a loaded graph's input and output names are the component's."""
+    have_in, have_out = sorted(inputs), sorted(outputs)
+    want_in, want_out = sorted(t.name for t in spec.inputs), sorted(t.name for t in spec.outputs)
+    if (have_in, have_out) != (want_in, want_out):
+        raise EngineMismatchError(
+            f"engine file {graph} has inputs {have_in} and outputs {have_out}; "
+            f"the {spec.component} expected inputs {want_in} and outputs {want_out}"
+        )
 
 
 def graph_precision(cfg: RunConfig) -> Precision | None:

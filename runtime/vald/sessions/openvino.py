@@ -22,7 +22,7 @@ from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
 from vald.manifest import Manifest
 from vald.privacy import quiet_dependencies
-from vald.sessions import BoundSession, SessionInfo, graph_precision
+from vald.sessions import BoundSession, SessionInfo, check_bindings, graph_precision
 from vald.spec import Component, ComponentSpec
 
 _HINT = {Precision.FP32: "f32", Precision.BF16: "bf16"}
@@ -67,6 +67,12 @@ class OpenVinoSession(BoundSession):
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise BackendUnavailableError(f"OpenVINO cannot compile {spec.component} ({precision}): {first}") from None
+        check_bindings(
+            graph or path.name,
+            spec,
+            (next(iter(port.get_names())) for port in compiled.inputs),
+            (next(iter(port.get_names())) for port in compiled.outputs),
+        )
         actual = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
         used = next((p for name, p in _REPORTED.items() if name in actual), None)
         if used is None or used is not precision:

@@ -21,10 +21,10 @@ from numpy.typing import NDArray
 
 from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
-from vald.errors import BackendUnavailableError
+from vald.errors import BackendUnavailableError, EngineMismatchError
 from vald.manifest import Manifest
 from vald.privacy import quiet_dependencies
-from vald.sessions import BoundSession, SessionInfo, graph_precision
+from vald.sessions import BoundSession, SessionInfo, check_bindings, graph_precision
 from vald.spec import Component, ComponentSpec
 
 _EP = {
@@ -77,7 +77,18 @@ class OrtSession(BoundSession):
         quiet_dependencies()  # no-op after ``import vald``; the switch must precede ORT's first session
         self._spec = spec
         options = _options(threads, optimize=not optimized, save_to=save_optimized)
-        self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        try:
+            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, InvalidGraph, Fail, ...)
+            raise EngineMismatchError(
+                f"engine file {graph or path.name} cannot be loaded by onnxruntime ({type(exc).__name__})"
+            ) from None
+        check_bindings(
+            graph or path.name,
+            spec,
+            (i.name for i in self._session.get_inputs()),
+            (o.name for o in self._session.get_outputs()),
+        )
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if self._session.get_providers()[0] != wanted:
             raise BackendUnavailableError(
