@@ -106,3 +106,27 @@ def test_openvino_run_opens_no_internet_socket(tmp_path: Path) -> None:
     internet = _internet(calls)
     assert internet == [], "network sockets: " + "; ".join(internet[:3])
     assert list((tmp_path / "home").iterdir()) == []  # no consent or client-id files written to the home folder
+
+
+def test_library_use_starts_no_telemetry(engines: Path, tmp_path: Path) -> None:
+    """Without the CLI: ``import vald`` and open the engines (ORT writes its device id at start when on)."""
+    code = (
+        "from pathlib import Path; from vald.app import open_engines; from vald.config import RunConfig; "
+        f"open_engines(Path({str(engines)!r}), RunConfig(steps=2))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_fresh_workstation(tmp_path), capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "home").iterdir()) == []
+
+
+def test_importing_onnxruntime_first_is_warned_about(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import onnxruntime, vald"],
+        env=_fresh_workstation(tmp_path),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "onnxruntime was imported before vald with its telemetry on" in done.stderr

@@ -43,6 +43,10 @@ def _start(engines: Path, inputs: list[Path], out: Path, *extra: str) -> subproc
     )
 
 
+def _finish(engines: Path, inputs: list[Path], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_cmd(engines, inputs, out, *extra), capture_output=True, text=True, timeout=300, check=False)
+
+
 def _wait_for(condition: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -76,13 +80,7 @@ def test_a_second_run_into_the_same_out_stops_with_one_line(engines: Path, small
     out = tmp_path / "out"
     first = _start(engines, [small_png], out, *SLOW)
     _wait_for(_locked_by(out, first), first)
-    second = subprocess.run(
-        _cmd(engines, [small_png], out, "--steps", "4", "--quiet"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    second = _finish(engines, [small_png], out, "--steps", "4", "--quiet")
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
         f"vald: error: output folder {out} is in use by another vald process (pid {first.pid}); "
@@ -99,13 +97,7 @@ def test_a_killed_holder_releases_the_folder(engines: Path, small_png: Path, tmp
     _wait_for(_locked_by(out, first), first)
     first.kill()  # SIGKILL: no clean-up of any kind; the kernel drops the lock
     first.wait()
-    again = subprocess.run(
-        _cmd(engines, [small_png], out, "--steps", "4", "--quiet"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    again = _finish(engines, [small_png], out, "--steps", "4", "--quiet")
     assert again.returncode == 0, again.stderr
 
 
@@ -128,14 +120,25 @@ def test_sigterm_and_sighup_are_a_clean_stop(
     assert [e["status"] for e in body["entries"]] == ["done", "interrupted"]
     assert body["interrupted"] and body["not_started"] == 1 and body["stopped_by"] == signum.name
     assert (out / "report.html").is_file()
-    resumed = subprocess.run(
-        _cmd(engines, inputs, out, *SLOW),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    resumed = _finish(engines, inputs, out, *SLOW)
     assert resumed.returncode == 0, resumed.stderr
     statuses = [e["status"] for e in json.loads(summary.read_text())["entries"]]
     assert statuses == ["skipped", "done", "done"]
     assert os.path.isfile(out / LOCK_NAME)
+
+
+def test_a_stop_waits_for_a_deferred_block_but_not_for_interruptible_work() -> None:
+    from vald.signals import Stopped, deferred, interruptible, stop_on_signals
+
+    steps: list[str] = []
+    with stop_on_signals(), pytest.raises(Stopped) as stopped, deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handler runs here and only records the signal
+        steps.append("report written")
+    assert steps == ["report written"] and stopped.value.signum == signal.SIGTERM
+    with stop_on_signals(), pytest.raises(Stopped), deferred(), interruptible():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.05)
+        steps.append("not reached")
+    assert steps == ["report written"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

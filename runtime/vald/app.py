@@ -28,7 +28,7 @@ from vald.pipeline import Engines
 from vald.render import CAUTION, symmetric_limit
 from vald.schedules import NoiseSchedule
 from vald.sessions import graph_precision, open_sessions
-from vald.sources import Source
+from vald.sources import Source, read_sha256
 from vald.tokenizer import PromptTokenizer
 
 
@@ -239,12 +239,12 @@ def induce_one(
 ) -> Path:
     """Add ``cfg.prompt``'s finding inside the mask; outputs as ``run_one`` (the map is induced - input)."""
     started = time.perf_counter()
+    mask_sha = read_sha256(mask_path)  # InputError naming the cause when the mask cannot be read
     native, mask_native = source.image, read_image(mask_path)
     if mask_native.shape != native.shape:
         raise InputError(
             f"mask is {mask_native.shape[1]}x{mask_native.shape[0]}, image is {native.shape[1]}x{native.shape[0]}"
         )
-    mask_sha = hashlib.sha256(mask_path.read_bytes()).hexdigest()
     box = Letterbox.fit(native.shape, engines.model.image_size)
     induced = induce(engines, box.to_model(native), box.to_model(mask_native), cfg, on_step=on_step)
     change = box.to_native(induced.image) - box.to_native(box.to_model(native))

@@ -27,7 +27,7 @@ from typing import Any
 from vald.errors import InputError, OutputError, ValdError
 from vald.lock import LOCK_NAME
 from vald.outputs import RESULT, described, output_errors, strict_json, write_atomic
-from vald.signals import stopped_by
+from vald.signals import deferred, interruptible, stopped_by
 from vald.sources import Source, read_sha256
 
 SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
@@ -146,7 +146,7 @@ def _csv(summary: Summary) -> bytes:
 def write_summary(out_root: Path, summary: Summary) -> None:
     """``summary.json`` and ``summary.csv``, atomically."""
     body = {**asdict(summary), "counts": summary.counts()}
-    with output_errors("the summary"):
+    with deferred(), output_errors("the summary"):
         write_atomic(out_root / SUMMARY_JSON, strict_json(body, indent=2))
         write_atomic(out_root / SUMMARY_CSV, _csv(summary))
 
@@ -188,17 +188,18 @@ def run_batch(
             on_event(entry, len(inputs))
         started = time.perf_counter()
         try:
-            entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
-            source = load(path, entry.input_sha256)
-            entry.output = source.key
-            first = seen.setdefault(source.key, index)
-            if first != index:
-                entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
-            elif not force and finished(out_root / source.key, settings_sha):
-                entry.status = Status.SKIPPED
-            else:
-                process(source, entry)
-                entry.status = Status.DONE
+            with interruptible():  # a stop signal ends this input's work at once (vald.signals)
+                entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
+                source = load(path, entry.input_sha256)
+                entry.output = source.key
+                first = seen.setdefault(source.key, index)
+                if first != index:
+                    entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
+                elif not force and finished(out_root / source.key, settings_sha):
+                    entry.status = Status.SKIPPED
+                else:
+                    process(source, entry)
+                    entry.status = Status.DONE
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (vald.signals)
             entry.status, entry.seconds = Status.INTERRUPTED, round(time.perf_counter() - started, 3)
             summary.interrupted, summary.not_started = True, len(inputs) - index

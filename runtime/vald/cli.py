@@ -33,7 +33,7 @@ from vald.dicom.reader import MODALITIES
 from vald.errors import ValdError
 from vald.lock import claim
 from vald.manifest import MANIFEST_NAME
-from vald.signals import exit_status, stop_on_signals, stopped_by
+from vald.signals import deferred, exit_status, stop_on_signals, stopped_by
 from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
@@ -235,7 +235,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(args.out / entry.output, flush=True)
 
     info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": __version__}
-    with claim(args.out):
+    # deferred: a stop signal ends the input in progress (its work is interruptible), never the summary or report
+    with claim(args.out), deferred():
         summary = run_batch(
             inputs, args.out, settings_sha, _loader(args), process, run_info=info, force=args.force, on_event=event
         )
