@@ -13,8 +13,9 @@ import torch
 from vald import strictjson
 from vald.app import versions
 from vald.config import Precision
-from vald.errors import ExportError, ModelError, ValdError
+from vald.errors import ConfigError, ExportError, ModelError, ValdError
 from vald.manifest import FORMAT_VERSION, MANIFEST_NAME, sha256_file
+from vald.schedules import NoiseSchedule
 from vald.sessions.torch_ref import load_modules
 from vald.spec import Component, ComponentSpec, specs
 from vald_export.model_folder import ModelFolder
@@ -31,7 +32,10 @@ def _example_inputs(
     tensors = []
     for t in spec.inputs:
         shape = [batch if d == "B" else sizes[d] if isinstance(d, str) else d for d in t.shape]
-        if t.dtype == "int64":
+        if t.name == "attention_mask":  # tokens then padding, of random lengths
+            lengths = torch.randint(1, shape[1] + 1, (shape[0], 1), generator=gen)
+            tensors.append((torch.arange(shape[1])[None, :] < lengths).long())
+        elif t.dtype == "int64":
             tensors.append(torch.randint(0, vocab, shape, generator=gen))
         elif t.name == "timestep":
             tensors.append(torch.randint(0, 1000, shape, generator=gen).float())
@@ -40,7 +44,11 @@ def _example_inputs(
     return tuple(tensors)
 
 
-def _save_tokenizer(folder: ModelFolder, out: Path, max_length: int) -> tuple[dict[str, str], int, int]:
+SANE_MAX_LENGTH = 512  # tokenizers without a limit report a huge model_max_length (int(1e30))
+DEFAULT_MAX_LENGTH = 77  # Stable Diffusion's, for tokenizers that say nothing sane
+
+
+def _save_tokenizer(folder: ModelFolder, out: Path, max_length: int | None) -> tuple[dict[str, str], int, int]:
     from transformers import AutoTokenizer
 
     try:
@@ -52,7 +60,11 @@ def _save_tokenizer(folder: ModelFolder, out: Path, max_length: int) -> tuple[di
         raise ModelError("tokenizer/ is not a fast tokenizer (no tokenizer.json could be written)")
     if tok.pad_token_id is None:
         raise ModelError("tokenizer has no pad token; prompts are padded to a fixed length")
-    length = min(max_length, int(tok.model_max_length))
+    own = int(min(tok.model_max_length, 1 << 30))
+    length = max_length or (own if own <= SANE_MAX_LENGTH else DEFAULT_MAX_LENGTH)
+    positions = folder.text_config.get("max_position_embeddings")
+    if isinstance(positions, int) and length > positions:
+        raise ModelError(f"prompt length {length} exceeds the text encoder's max_position_embeddings={positions}")
     files = {f"tokenizer/{p.name}": sha256_file(p) for p in sorted((out / "tokenizer").iterdir())}
     return files, int(tok.pad_token_id), length
 
@@ -62,7 +74,7 @@ def export_model(
     out: Path,
     *,
     opset: int = 17,
-    max_length: int = 77,
+    max_length: int | None = None,
     precisions: Sequence[Precision] = (Precision.FP32, Precision.FP16),
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     log: Log = print,
@@ -96,13 +108,21 @@ def _export(
     folder: ModelFolder,
     stage: Path,
     opset: int,
-    max_length: int,
+    max_length: int | None,
     precisions: Sequence[Precision],
     threshold: int,
     log: Log,
     step: list[str],
 ) -> dict[str, Any]:
     """Write every graph and the tokenizer into ``stage``; return the manifest. ``step[0]`` names the work."""
+    step[0] = "reading the scheduler"
+    try:
+        schedule = NoiseSchedule.for_pipeline(folder.scheduler_config)
+    except ConfigError as exc:
+        raise ModelError(f"scheduler/scheduler_config.json: {exc}") from None
+    if note := schedule.substitution("ddim"):
+        log(f"scheduler: {note} (vald's default sampler; recorded in the manifest and every result.json)")
+    step[0] = "saving the tokenizer"
     tok_files, pad_id, length = _save_tokenizer(folder, stage, max_length)
     step[0] = "loading the PyTorch modules"
     modules = load_modules(folder.root)
@@ -117,11 +137,13 @@ def _export(
         "shift_factor": float(folder.vae_config.get("shift_factor") or 0.0),
         "max_length": length,
         "pad_id": pad_id,
+        "attention_mask": bool(folder.text_config.get("use_attention_mask", False)),
     }
     component_specs = specs(
         image_channels=model["image_channels"],
         latent_channels=model["latent_channels"],
         hidden_size=model["hidden_size"],
+        attention_mask=model["attention_mask"],
     )
     sizes: dict[str, int] = {"S": length, "H": model["image_size"], "W": model["image_size"]}
     sizes |= {"h": model["image_size"] // f, "w": model["image_size"] // f}
@@ -169,6 +191,10 @@ def _export(
         "source": {"path": str(folder.root.resolve()), "sha256": folder.sha256()},
         "model": model,
         "scheduler": folder.scheduler_config,
+        "schedule": {
+            "ddim": schedule.describe("ddim"),
+            "dpmpp-2m": {"refused": schedule.dpm_refusal} if schedule.dpm_refusal else schedule.describe("dpmpp-2m"),
+        },
         "tokenizer": {"files": tok_files},
         "components": components,
         "versions": versions(("torch", "diffusers", "transformers", "onnx", "onnxruntime", "tokenizers")),

@@ -46,11 +46,14 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
         sessions=sessions,
         tokenizer=tokenizer,
         model=info,
-        schedule=NoiseSchedule.from_config(manifest.scheduler_config),
+        schedule=NoiseSchedule.for_pipeline(manifest.scheduler_config),
     )
     check_against_model(engines, cfg)  # once, as a settings error: not a failure of every input
     provenance = {
         "model_sha256": manifest.model_sha256,
+        # everything about the model that decides the pixels besides its weights (in the settings hash too)
+        "schedule": engines.schedule.describe(cfg.scheduler.value),
+        "model": asdict(info),
         "engine_files_sha256": verified.hashes,
         "sessions": {c.value: asdict(s.info) for c, s in sessions.items()},
         "startup": {
@@ -124,6 +127,8 @@ def settings_sha256(cfg: RunConfig, provenance: dict[str, Any], task: str, optio
     blob = {
         "settings": _settings(cfg),
         "model_sha256": provenance.get("model_sha256"),
+        "schedule": provenance.get("schedule"),
+        "model": provenance.get("model"),
         "engines": provenance.get("engine_files_sha256"),
         "task": task,
         "outputs": asdict(options),

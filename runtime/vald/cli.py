@@ -133,7 +133,11 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("model_dir", type=Path)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--opset", type=int, default=17)
-    p.add_argument("--max-length", type=int, default=77, help="prompt tokens (default 77, as Stable Diffusion)")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        help="prompt tokens (default: the tokenizer's model_max_length when <= 512, else 77)",
+    )
     p.add_argument("--precision", action="append", choices=[x.value for x in EXPORT_PRECISIONS], help="repeatable")
     p = sub.add_parser("make-tiny-model", help="write a small random-weight diffusers folder (tests, demo)")
     p.add_argument("out", type=Path)

@@ -50,6 +50,7 @@ class ModelInfo:
     shift_factor: float
     max_length: int
     pad_id: int
+    attention_mask: bool = False  # the text encoder takes the prompt's attention mask (``use_attention_mask``)
 
     @property
     def latent_size(self) -> int:
@@ -105,7 +106,12 @@ class Manifest:
     def specs(self) -> dict[Component, ComponentSpec]:
         """I/O descriptors for this model."""
         m = self.model
-        return specs(image_channels=m.image_channels, latent_channels=m.latent_channels, hidden_size=m.hidden_size)
+        return specs(
+            image_channels=m.image_channels,
+            latent_channels=m.latent_channels,
+            hidden_size=m.hidden_size,
+            attention_mask=m.attention_mask,
+        )
 
     def source_folder(self, override: Path | None = None) -> Path:
         """The diffusers folder the engines came from.

@@ -136,8 +136,9 @@ def from_model_pixels(images: Array) -> NDArray[np.float32]:
 def text_states(engines: Engines, texts: list[str], timings: Timings) -> Array:
     """Text-encoder states ``[len(texts), L, hidden]`` of ``texts``."""
     encoder = engines.sessions[Component.TEXT_ENCODER]
-    ids = engines.tokenizer(texts)
-    return timings.run("text_encoder", lambda: encoder.run({"input_ids": ids})["last_hidden_state"])
+    ids, mask = engines.tokenizer.encode(texts)
+    feeds = {"input_ids": ids, "attention_mask": mask} if engines.model.attention_mask else {"input_ids": ids}
+    return timings.run("text_encoder", lambda: encoder.run(feeds)["last_hidden_state"])
 
 
 def encode_image(engines: Engines, image01: NDArray[np.float32], timings: Timings) -> Array:

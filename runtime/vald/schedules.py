@@ -14,6 +14,7 @@ same model gives the same trajectory here and there.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -46,16 +47,46 @@ class Spacing(StrEnum):
     LINSPACE = "linspace"
 
 
-# Keys whose non-default values change the maths in ways we do not implement.
+# Keys whose non-default values change the maths of any sampler in ways we do not implement: refused.
 _UNSUPPORTED: dict[str, Any] = {
     "thresholding": False,
-    "rescale_betas_zero_snr": False,
+    "use_flow_sigmas": False,
+}
+# DPM-Solver options (diffusers' DPMSolverMultistepScheduler) and the only values vald's DPM-Solver++(2M)
+# implements; a folder asking for others is refused when dpmpp-2m is chosen (its DDIM runs are not affected).
+DPM_OPTIONS: dict[str, Any] = {
+    "solver_order": 2,
+    "algorithm_type": "dpmsolver++",
+    "solver_type": "midpoint",
+    "lower_order_final": True,
+    "euler_at_final": False,
+    "final_sigmas_type": "zero",
     "use_karras_sigmas": False,
     "use_exponential_sigmas": False,
     "use_beta_sigmas": False,
     "use_lu_lambdas": False,
-    "use_flow_sigmas": False,
+    "variance_type": None,
+    "lambda_min_clipped": -math.inf,
 }
+# What diffusers' Stable Diffusion pipelines (text-to-image and img2img) force on the scheduler they load,
+# whatever the folder says (``StableDiffusionImg2ImgPipeline.__init__``): vald runs a folder as they do.
+PIPELINE_OVERRIDES: dict[str, Any] = {"steps_offset": 1, "clip_sample": False}
+# Folder scheduler classes vald runs natively, and those it runs as DDIM (or as the sampler the user chooses)
+# on the same training schedule: the standard substitution for img2img, printed at export and recorded.
+NATIVE = {"DDIMScheduler": "ddim", "DPMSolverMultistepScheduler": "dpmpp-2m"}
+SUBSTITUTED = frozenset(
+    {
+        "PNDMScheduler",
+        "EulerDiscreteScheduler",
+        "EulerAncestralDiscreteScheduler",
+        "LMSDiscreteScheduler",
+        "HeunDiscreteScheduler",
+        "DDPMScheduler",
+        "UniPCMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+    }
+)
+SAMPLER_CLASSES = {"ddim": "DDIMScheduler", "dpmpp-2m": "DPMSolverMultistepScheduler"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,10 +100,22 @@ class NoiseSchedule:
     prediction_type: PredictionType
     set_alpha_to_one: bool
     clip_sample_range: float | None
+    source_class: str = "DDIMScheduler"  # the folder's scheduler class (``_class_name``)
+    beta_schedule: str = "linear"
+    rescale_betas_zero_snr: bool = False
+    dpm_refusal: str = ""  # why dpmpp-2m cannot run this folder's DPM-Solver settings ("" when it can)
+
+    @classmethod
+    def for_pipeline(cls, config: Mapping[str, Any]) -> NoiseSchedule:
+        """The schedule diffusers' Stable Diffusion pipelines would run: :data:`PIPELINE_OVERRIDES` applied."""
+        return cls.from_config({**config, **PIPELINE_OVERRIDES})
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> NoiseSchedule:
-        """Build from a diffusers scheduler config; unsupported options raise ConfigError."""
+        """Build from a diffusers scheduler config, as ``DDIMScheduler.from_config`` reads it.
+
+        Unsupported options and scheduler classes raise ConfigError naming the key and value.
+        """
         for key, default in _UNSUPPORTED.items():
             if config.get(key, default) != default:
                 raise ConfigError(f"scheduler option {key}={config[key]!r} is not supported (expected {default!r})")
@@ -80,14 +123,24 @@ class NoiseSchedule:
             raise ConfigError(
                 f"scheduler variance_type={config['variance_type']!r} (learned variance) is not supported"
             )
+        source_class = str(config.get("_class_name", "DDIMScheduler"))
+        if source_class not in NATIVE and source_class not in SUBSTITUTED:
+            raise ConfigError(
+                f"scheduler class {source_class} is not supported (vald runs DDIM and DPM-Solver++ on discrete "
+                f"beta schedules; it substitutes DDIM for {', '.join(sorted(SUBSTITUTED))})"
+            )
         defaulted = set(config.get("_use_default_values", ()))
         config = {k: v for k, v in config.items() if k not in defaulted}
         n = int(config.get("num_train_timesteps", 1000))
+        zero_snr = bool(config.get("rescale_betas_zero_snr", False))
         betas = _betas(config, n)
+        if zero_snr:
+            betas = rescale_zero_terminal_snr(betas)
         # accumulate in float64, round once to float32: bit-identical to torch.cumprod on float32
         alphas = (1.0 - betas).astype(np.float64)
         alphas_cumprod = np.cumprod(alphas).astype(np.float32).astype(np.float64)
         clip = bool(config.get("clip_sample", True))  # DDIMScheduler default
+        trained = config.get("trained_betas") is not None
         return cls(
             alphas_cumprod=alphas_cumprod,
             num_train_timesteps=n,
@@ -100,7 +153,67 @@ class NoiseSchedule:
             ),
             set_alpha_to_one=bool(config.get("set_alpha_to_one", True)),
             clip_sample_range=float(config.get("clip_sample_range", 1.0)) if clip else None,
+            source_class=source_class,
+            beta_schedule="trained" if trained else str(config.get("beta_schedule", "linear")),
+            rescale_betas_zero_snr=zero_snr,
+            dpm_refusal=_dpm_refusal(config) if source_class == "DPMSolverMultistepScheduler" else "",
         )
+
+    def sampler_class(self, sampler: str) -> str:
+        """The diffusers class whose arithmetic ``sampler`` ("ddim", "dpmpp-2m") reproduces."""
+        return SAMPLER_CLASSES[sampler]
+
+    def substitution(self, sampler: str) -> str:
+        """One line saying which scheduler runs instead of the folder's own ("" when it is the same class)."""
+        used = self.sampler_class(sampler)
+        if used == self.source_class:
+            return ""
+        return (
+            f"the folder's {self.source_class} is run as {used} on the same training schedule "
+            f"({self.num_train_timesteps} timesteps, {self.beta_schedule} betas, {self.prediction_type.value})"
+        )
+
+    def describe(self, sampler: str) -> dict[str, Any]:
+        """Everything about the schedule and sampler that decides the pixels (manifest, result.json)."""
+        default = Spacing.LINSPACE if sampler == "dpmpp-2m" else Spacing.LEADING
+        return {
+            "folder_class": self.source_class,
+            "used_class": self.sampler_class(sampler),
+            "substituted": self.sampler_class(sampler) != self.source_class,
+            "prediction_type": self.prediction_type.value,
+            "timestep_spacing": (self.spacing or default).value,
+            "steps_offset": self.steps_offset,
+            "clip_sample": self.clip_sample_range is not None,
+            "clip_sample_range": self.clip_sample_range,
+            "set_alpha_to_one": self.set_alpha_to_one,
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_schedule": self.beta_schedule,
+            "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
+            "alphas_cumprod_sha256": hashlib.sha256(self.alphas_cumprod.tobytes()).hexdigest(),
+            "pipeline_overrides": dict(PIPELINE_OVERRIDES),
+        }
+
+
+def _dpm_refusal(config: Mapping[str, Any]) -> str:
+    """For a DPM-Solver folder: the first option vald's DPM-Solver++(2M) does not implement, as a message."""
+    for key, wanted in DPM_OPTIONS.items():
+        value = config.get(key, wanted)
+        if value != wanted and not (key == "lambda_min_clipped" and value in ("-Infinity", None)):
+            return (
+                f"the folder's DPM-Solver option {key}={value!r} is not implemented by scheduler=dpmpp-2m "
+                f"(it runs {key}={wanted!r}); use scheduler=ddim (the default)"
+            )
+    return ""
+
+
+def rescale_zero_terminal_snr(betas: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Rescale betas to a zero terminal SNR (Lin et al. 2024, arXiv:2305.08891, Algorithm 1), in float32."""
+    alphas_bar_sqrt = np.sqrt(np.cumprod((1.0 - betas).astype(np.float64)).astype(np.float32))
+    first, last = alphas_bar_sqrt[0].copy(), alphas_bar_sqrt[-1].copy()
+    alphas_bar_sqrt = (alphas_bar_sqrt - last) * (first / (first - last))
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return (1.0 - alphas).astype(np.float32)
 
 
 def _betas(config: Mapping[str, Any], n: int) -> NDArray[np.float32]:
@@ -213,6 +326,8 @@ class DpmPlan:
 
 def plan_dpmpp_2m(schedule: NoiseSchedule, steps: int, strength: float = 1.0) -> DpmPlan:
     """Plan a DPM-Solver++(2M) run (midpoint, lower-order final, final sigma 0)."""
+    if schedule.dpm_refusal:
+        raise ConfigError(schedule.dpm_refusal)
     check_steps(schedule, steps, strength)
     full = dpm_timesteps(schedule, steps)
     acp = schedule.alphas_cumprod.astype(np.float32)

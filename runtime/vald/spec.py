@@ -50,14 +50,23 @@ class ComponentSpec:
         }
 
 
-def specs(*, image_channels: int, latent_channels: int, hidden_size: int) -> dict[Component, ComponentSpec]:
-    """Descriptors for a model with the given channel counts and text width."""
+def specs(
+    *, image_channels: int, latent_channels: int, hidden_size: int, attention_mask: bool = False
+) -> dict[Component, ComponentSpec]:
+    """Descriptors for a model with the given channel counts and text width.
+
+    ``attention_mask``: the text encoder also takes the prompt's attention mask (1 for tokens, 0 for padding),
+    for encoders whose config says ``use_attention_mask`` (diffusers' pipelines feed it then).
+    """
+    text_inputs: tuple[TensorSpec, ...] = (TensorSpec("input_ids", "int64", ("B", "S")),)
+    if attention_mask:
+        text_inputs += (TensorSpec("attention_mask", "int64", ("B", "S")),)
     image = ("B", image_channels, "H", "W")
     latent = ("B", latent_channels, "h", "w")
     return {
         Component.TEXT_ENCODER: ComponentSpec(
             Component.TEXT_ENCODER,
-            (TensorSpec("input_ids", "int64", ("B", "S")),),
+            text_inputs,
             (TensorSpec("last_hidden_state", "float32", ("B", "S", hidden_size)),),
         ),
         Component.VAE_ENCODER: ComponentSpec(

@@ -28,4 +28,10 @@ class PromptTokenizer:
 
     def __call__(self, texts: list[str]) -> NDArray[np.int64]:
         """Token ids ``[len(texts), max_length]``, int64."""
-        return np.array([e.ids for e in self._tok.encode_batch(texts)], dtype=np.int64)
+        return self.encode(texts)[0]
+
+    def encode(self, texts: list[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Token ids and attention mask (1 for tokens, 0 for padding), each ``[len(texts), max_length]``."""
+        encoded = self._tok.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        return ids, np.array([e.attention_mask for e in encoded], dtype=np.int64)

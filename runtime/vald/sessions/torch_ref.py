@@ -27,14 +27,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
 
 
 class TextEncoderModule(torch.nn.Module):
-    """input_ids [B, S] int64 -> last_hidden_state [B, S, hidden]."""
+    """input_ids [B, S] int64 (and attention_mask [B, S] where the model uses one) -> last_hidden_state."""
 
     def __init__(self, encoder: Any) -> None:
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        out: torch.Tensor = self.encoder(input_ids=input_ids, return_dict=False)[0]
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # noqa: D102
+        out: torch.Tensor = self.encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
         return out
 
 
