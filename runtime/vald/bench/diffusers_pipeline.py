@@ -21,6 +21,7 @@ from vald.bench.worker import model_input
 from vald.config import Mode, Precision, RunConfig
 from vald.errors import ConfigError
 from vald.pipeline import draw_noise
+from vald.schedules import PIPELINE_OVERRIDES
 
 F32 = NDArray[np.float32]
 
@@ -51,7 +52,8 @@ def prepare(spec: Mapping[str, Any]) -> tuple[Callable[[], tuple[F32, F32, dict[
         requires_safety_checker=False,
         torch_dtype=torch.float32,  # a folder may store FP16 weights (engines/demo/model does); compute as vald
     )
-    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    # vald's sampler, configured as the pipeline configures the scheduler it loads (vald.schedules)
+    pipe.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config, **PIPELINE_OVERRIDES)
     pipe.set_progress_bar_config(disable=True)
     x = model_input(Path(spec["image"]), int(spec["size"]))
     channels = int(pipe.vae.config.in_channels)
