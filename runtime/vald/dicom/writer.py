@@ -124,8 +124,27 @@ def _reference(header: Any) -> Any:
     return item
 
 
-def _label(ds: Any, header: Any, kind: str, prov: Provenance) -> None:
-    """The attributes every derived object carries besides what highdicom sets."""
+def _conditional(ds: Any, header: Any, *, image: bool) -> None:
+    """Body part and Type 2C attributes of a projection image, from the source; never invented.
+
+    Body Part Examined is copied, so that a validator can tell a paired body part from an unpaired one.
+    Laterality (General Series) is copied when the source has one; a Secondary Capture (``image``) of a
+    source that names neither its body part nor its laterality gets it empty ("unknown", as the standard
+    allows), while the Segmentation leaves it out (its condition does not apply).  Patient Orientation
+    (General Image: no Image Orientation (Patient) in a radiograph) is the source's, or empty.
+    """
+    if header.get("BodyPartExamined", None):
+        ds.BodyPartExamined = header.BodyPartExamined
+    if header.get("Laterality", None):
+        ds.Laterality = header.Laterality
+    elif image and not header.get("BodyPartExamined", None):
+        ds.Laterality = None
+    ds.PatientOrientation = header.get("PatientOrientation", None) or None
+
+
+def _label(ds: Any, header: Any, kind: str, prov: Provenance, *, image: bool = True) -> None:
+    """The attributes every derived object carries besides what highdicom sets (``image``: not the SEG)."""
+    _conditional(ds, header, image=image)
     ds.SeriesDescription = f"{NOT_FOR_DIAGNOSIS} - {SERIES[kind][1]}"[:64]
     ds.ReferencedImageSequence = [_reference(header)]
     ds.SourceImageSequence = [_reference(header)]
@@ -151,9 +170,7 @@ def _secondary_capture(header: Any, pixels: NDArray[Any], photometric: str, kind
         patient_orientation=("L", "F"),  # placeholder, replaced by the source's own value just below
         contributing_equipment=[_equipment(prov)],
     )
-    # Patient Orientation is type 2 here: copy the source's, or leave it empty rather than invent one.
-    orientation: Any = header.get("PatientOrientation", None) or None
-    ds.PatientOrientation = orientation
+    # Patient Orientation: the source's, or empty rather than invented (set by _label)
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.BurnedInAnnotation = "YES"
     _label(ds, header, kind, prov)
@@ -220,7 +237,7 @@ def attribution_seg(header: Any, signed_map: NDArray[np.float32], vmax: float, p
         contributing_equipment=[_equipment(prov)],
         omit_empty_frames=False,
     )
-    _label(ds, header, kind, prov)
+    _label(ds, header, kind, prov, image=False)
     return ds
 
 
