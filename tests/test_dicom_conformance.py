@@ -65,3 +65,18 @@ def test_every_derived_object_has_no_validator_error(engines: Path, tmp_path: Pa
     assert len(written) == 3 * 3 + 3  # overlay, counterfactual and SEG per input, and the induction's three
     report = {str(p.relative_to(out)): _errors(p) for p in written}
     assert {k: v for k, v in report.items() if v} == {}
+
+
+def test_captures_are_on_the_source_matrix_and_keep_its_study_and_spacing(engines: Path, tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("RG1_UNCR.dcm"))  # 1955 x 1841, Study Description THORAX, Pixel Spacing 0\\0
+    out = tmp_path / "out"
+    assert main(["run", str(source), "--engines", str(engines), "--out", str(out), *FAST]) == 0
+    src = pydicom.dcmread(source)
+    for name in ("overlay.dcm", "counterfactual.dcm"):
+        (path,) = out.rglob(name)
+        ds = pydicom.dcmread(path)
+        assert (ds.Rows, ds.Columns) == (src.Rows, src.Columns)
+        assert ds.StudyDescription == src.StudyDescription
+        assert "PixelSpacing" not in ds  # the source's 0\\0 is not a spacing; none is copied rather than a wrong one

@@ -85,25 +85,28 @@ def colour_bar(height: int, vmax: float, width: int = 64) -> Image.Image:
 
 
 def with_caution(image: Image.Image, text: str = CAUTION) -> Image.Image:
-    """``image`` with a band below it carrying the caution line (burned into the pixels)."""
-    band = max(16, image.height // 40)
-    canvas = Image.new(image.mode, (image.width, image.height + band), 0 if image.mode in ("L", "I;16") else (0, 0, 0))
-    canvas.paste(image, (0, 0))
+    """``image`` with the caution line burned into a dark band inside its bottom rows (same size)."""
+    band = min(max(16, image.height // 40), image.height // 4)
+    canvas = image.copy()
+    black = 0 if image.mode in ("L", "I;16") else (0, 0, 0)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, image.height - band, image.width, image.height), fill=black)
     fill = 255 if image.mode == "L" else (65535 if image.mode == "I;16" else (255, 200, 0))
-    ImageDraw.Draw(canvas).text((band // 4, image.height + band // 8), text, fill=fill, font=font(band * 3 // 4))
+    draw.text((band // 4, image.height - band + band // 8), text, fill=fill, font=font(band * 3 // 4))
     return canvas
 
 
 def overlay_figure(gray01: NDArray[np.float32], signed_map: NDArray[np.float32], vmax: float) -> Image.Image:
-    """The heat map over the input at native resolution, colour bar and caution line burned in.
+    """The heat map over the input on the input's own pixel matrix, colour bar and caution line burned in.
 
-    Colours saturate at ±``vmax``.
+    The colour bar covers the rightmost columns and the caution band the bottom rows, inside the image, so
+    the picture keeps the source's size (a viewer can link or overlay it with its source, and the source's
+    pixel spacing holds for it).  Colours saturate at ±``vmax``.
     """
     h, w = gray01.shape
-    bar = colour_bar(h, vmax, width=max(64, h // 10))
-    canvas = Image.new("RGB", (w + bar.width, h), (0, 0, 0))
-    canvas.paste(Image.fromarray(overlay(gray01, signed_map, vmax)), (0, 0))
-    canvas.paste(bar, (w, 0))
+    canvas = Image.fromarray(overlay(gray01, signed_map, vmax))
+    bar = colour_bar(h, vmax, width=max(16, min(w // 8, max(64, h // 10))))
+    canvas.paste(bar, (w - bar.width, 0))
     return with_caution(canvas)
 
 

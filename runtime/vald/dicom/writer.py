@@ -93,6 +93,14 @@ def _source_copy(header: Any, drop: tuple[str, ...] = ()) -> Any:
     return source
 
 
+def _positive(spacing: Any) -> bool:
+    """A usable spacing: two numbers, both above zero (some sources carry zeros)."""
+    try:
+        return spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing)
+    except (TypeError, ValueError):
+        return False
+
+
 def _uids(header: Any, kind: str, prov: Provenance) -> tuple[str, str]:
     series = derived_uid(str(header.SeriesInstanceUID), kind, prov.settings_sha256, prov.model_sha256)
     sop = derived_uid(str(header.SOPInstanceUID), kind, prov.settings_sha256, prov.model_sha256)
@@ -142,6 +150,10 @@ def _conditional(ds: Any, header: Any, *, image: bool) -> None:
     ds.PatientOrientation = header.get("PatientOrientation", None) or None
 
 
+# Copied from the source onto the captures, which are on its pixel matrix: calibrated distances, the study's name.
+SC_COPIED = ("PixelSpacing", "PixelSpacingCalibrationType", "NominalScannedPixelSpacing", "StudyDescription")
+
+
 def _label(ds: Any, header: Any, kind: str, prov: Provenance, *, image: bool = True) -> None:
     """The attributes every derived object carries besides what highdicom sets (``image``: not the SEG)."""
     _conditional(ds, header, image=image)
@@ -171,6 +183,17 @@ def _secondary_capture(header: Any, pixels: NDArray[Any], photometric: str, kind
         contributing_equipment=[_equipment(prov)],
     )
     # Patient Orientation: the source's, or empty rather than invented (set by _label)
+    if pixels.shape[:2] != (int(header.Rows), int(header.Columns)):
+        raise ValdError("a secondary capture must be on its source's pixel matrix")
+    for name in SC_COPIED:
+        value = header.get(name, None)
+        if value and (not name.endswith("Spacing") or _positive(value)):
+            setattr(ds, name, value)
+    if "PixelSpacing" not in ds and _positive(header.get("ImagerPixelSpacing", None)):
+        # the detector-plane spacing, as the source's own measurements use it (not corrected for magnification)
+        ds.PixelSpacing = header.ImagerPixelSpacing
+    if "PixelSpacing" not in ds and "PixelSpacingCalibrationType" in ds:
+        del ds.PixelSpacingCalibrationType
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.BurnedInAnnotation = "YES"
     _label(ds, header, kind, prov)
