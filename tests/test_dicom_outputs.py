@@ -90,6 +90,10 @@ def test_fractional_segmentation_of_the_map(outputs: Path, source: Path) -> None
     seg = hd.seg.segread(outputs / "segmentation.dcm")
     _common_checks(seg, src)
     assert seg.SegmentationType == "FRACTIONAL"
+    segment = seg.SegmentSequence[0]  # coded as what it is: a saliency map (CID 217), not a lesion
+    category, kind = segment.SegmentedPropertyCategoryCodeSequence[0], segment.SegmentedPropertyTypeCodeSequence[0]
+    assert (category.CodingSchemeDesignator, category.CodeValue) == ("DCM", "130401")  # Visual explanation
+    assert (kind.CodingSchemeDesignator, kind.CodeValue) == ("DCM", "130404")  # Saliency
     pixels = seg.get_pixels_by_source_instance([src.SOPInstanceUID], combine_segments=False)[0, ..., 0]
     assert pixels.shape == (src.Rows, src.Columns) and pixels.min() >= 0.0 and pixels.max() <= 1.0
     magnitude = np.abs(np.load(outputs / "attribution.npy"))

@@ -236,8 +236,9 @@ def attribution_seg(header: Any, signed_map: NDArray[np.float32], vmax: float, p
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label="attribution |M|" if prov.task != "induction" else "induced change",
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=codes.SCT.Lesion,
+        # CID 217 "Visual Explanation": what the map is (a saliency map), not a lesion it would claim to find
+        segmented_property_category=codes.DCM.VisualExplanation,
+        segmented_property_type=codes.DCM.Saliency,
         algorithm_type="AUTOMATIC",
         algorithm_identification=algorithm,
     )
