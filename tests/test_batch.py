@@ -167,6 +167,8 @@ def report_run(engines: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("in")
     _png(folder / "a.png", 1), _png(folder / "b.png", 2)
     (folder / "broken.png").write_bytes(b"nope")
+    wide = (np.indices((2500, 3000)).sum(0) % 251).astype(np.uint8)  # 3000 x 2500: must not wrap its panels
+    Image.fromarray(wide).save(folder / "c.png")
     out = tmp_path_factory.mktemp("out")
     assert main(["run", str(folder), "--engines", str(engines), "--out", str(out), *FAST]) == 1
     return out
@@ -176,8 +178,14 @@ def test_report_is_self_contained(report_run: Path) -> None:
     page = (report_run / "report.html").read_text()
     assert "http://" not in page and "https://" not in page and "<script src" not in page and "<link" not in page
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
-    assert page.count('type="range"') == 2 and "not for diagnostic use" in page
-    assert "input #3" in page and "Failed" in page  # the broken input is listed
+    assert page.count('type="range"') == 3 and "not for diagnostic use" in page
+    broken = json.loads((report_run / "summary.json").read_text())["entries"][2]
+    assert f"input #3 (sha256 {broken['input_sha256'][:12]})" in page and "Failed" in page  # listed with its hash
+    # the map's meaning for the default mode, its colour scale and limit, per-case status and image facts
+    assert "M = reconstruction - counterfactual: red where the reconstruction is brighter" in page
+    assert page.count('class="scale"') == 3 and "colours saturate at ±" in page
+    assert page.count('class="status">done<') == 3 and "3000 x 2500 pixels · image file (not DICOM)" in page
+    assert page.count("<table>") == 1  # the settings once, not under every case
     for src in __import__("re").findall(r'src="([^"]+)"', page):
         assert (report_run / src).is_file(), src
 
@@ -220,7 +228,9 @@ def test_report_in_headless_chromium_and_its_slider(report_run: Path, tmp_path: 
         with Image.open(tmp_path / "report.png") as img:
             assert np.asarray(img.convert("RGB")).std() > 10  # not blank
         # the script ran, every image loaded (2 inputs x 4 images), nothing left the machine, no CSP complaint
-        assert page.get_attribute("body", "data-images-loaded") == "8/8"
+        assert page.get_attribute("body", "data-images-loaded") == "12/12"
+        tops = [f.bounding_box()["y"] for f in page.locator("#case-4 figure").all()]
+        assert len(tops) == 3 and max(tops) - min(tops) < 1  # a wide input's three panels stay on one row
         assert requests and all(url.startswith("file:") for url in requests), requests
         assert problems == []
         heat, slider = page.locator("#heat-1"), page.locator("#case-1 input[type=range]")
