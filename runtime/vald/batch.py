@@ -26,9 +26,10 @@ from typing import Any
 
 from vald.errors import InputError, OutputError, ValdError
 from vald.lock import LOCK_NAME
-from vald.outputs import RESULT, described, output_errors, strict_json, write_atomic
+from vald.outputs import RESULT, described, output_errors, write_atomic
 from vald.signals import deferred, interruptible, stopped_by
 from vald.sources import Source, read_sha256
+from vald.strictjson import encode
 
 SUMMARY_JSON, SUMMARY_CSV = "summary.json", "summary.csv"
 # Files a folder walk passes over: not images, or our own outputs.
@@ -147,7 +148,7 @@ def write_summary(out_root: Path, summary: Summary) -> None:
     """``summary.json`` and ``summary.csv``, atomically."""
     body = {**asdict(summary), "counts": summary.counts()}
     with deferred(), output_errors("the summary"):
-        write_atomic(out_root / SUMMARY_JSON, strict_json(body, indent=2))
+        write_atomic(out_root / SUMMARY_JSON, encode(body, indent=2))
         write_atomic(out_root / SUMMARY_CSV, _csv(summary))
 
 

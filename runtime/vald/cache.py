@@ -23,7 +23,8 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vald.outputs import strict_json, write_atomic
+from vald.outputs import write_atomic
+from vald.strictjson import encode
 
 CACHE_DIR = ".vald-cache"
 STAMPS = "stamps.json"
@@ -88,7 +89,7 @@ class StampStore:
             return True
         payload = {rel: asdict(stamp) for rel, stamp in sorted(self._stamps.items())}
         try:
-            write_atomic(self.path, strict_json(payload, indent=1))
+            write_atomic(self.path, encode(payload, indent=1))
         except OSError:
             return False
         self._dirty = False

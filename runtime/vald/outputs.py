@@ -27,6 +27,7 @@ from PIL import Image
 
 from vald.errors import OutputError, os_cause
 from vald.render import TITLES, heat_rgba, triptych
+from vald.strictjson import encode
 
 COUNTERFACTUAL = "counterfactual.png"
 ATTRIBUTION = "attribution.npy"
@@ -122,7 +123,7 @@ def _publish(out_dir: Path, files: Mapping[str, bytes], result: Mapping[str, Any
             _write_flushed(staging / file_name, data)
             listed[file_name] = hashlib.sha256(data).hexdigest()
         body = {**result, "files": dict(sorted(listed.items()))}
-        _write_flushed(staging / RESULT, strict_json(body, indent=2, sort_keys=True))
+        _write_flushed(staging / RESULT, encode(body, indent=2, sort_keys=True))
         fsync_dir(staging)
         if out_dir.exists() and _exchange(staging, out_dir):
             old = staging  # after the swap, the staging name holds the old set
@@ -184,11 +185,6 @@ def described(out_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return result if isinstance(result, dict) else None
-
-
-def strict_json(value: Any, **kwargs: Any) -> bytes:
-    """JSON text of ``value`` as bytes, with a final newline; ValueError on NaN or infinity (not JSON)."""
-    return (json.dumps(value, allow_nan=False, **kwargs) + "\n").encode("utf-8")
 
 
 def png16(image01: NDArray[np.float32]) -> bytes:

@@ -41,3 +41,12 @@ def restore_non_finite(value: Any) -> Any:
 def dumps(value: Any, **kwargs: Any) -> str:
     """Strict JSON text of ``value``, non-finite floats kept as text."""
     return json.dumps(non_finite_as_text(value), allow_nan=False, **kwargs)
+
+
+def encode(value: Any, **kwargs: Any) -> bytes:
+    """Strict JSON of ``value`` as UTF-8 bytes with a final newline; ValueError on NaN or infinity.
+
+    For what vald computes itself (results, summaries, stamps): a non-finite number there is a bug to
+    stop at, not a value to keep.
+    """
+    return (json.dumps(value, allow_nan=False, **kwargs) + "\n").encode("utf-8")
