@@ -318,3 +318,10 @@ def test_manifest_paths_stay_inside_the_engine_folder(
     (copy / "manifest.json").write_text(json.dumps(manifest))
     code, err = _run(capsys, str(small_png), "--engines", str(copy), "--out", str(tmp_path / "o"), *FAST)
     assert code == 2 and "outside the engine folder" in _one_line(err)
+
+
+def test_an_engine_folder_named_by_a_relative_path(engines: Path, small_png: Path, tmp_path: Path, monkeypatch) -> None:
+    """As `make demo` names engines/demo: the manifest's paths are checked and used relative to it."""
+    monkeypatch.chdir(engines.parent)
+    out = tmp_path / "o"
+    assert main(["run", str(small_png), "--engines", engines.name, "--out", str(out), *FAST]) == 0

@@ -136,11 +136,10 @@ class Manifest:
 
         Links are followed: a manifest entry or a link that leads out of the folder is refused.
         """
-        root = self.root.resolve()
-        path = (self.root / rel).resolve()
-        if not path.is_relative_to(root) or path == root:
+        root, path = self.root.resolve(), self.root / rel
+        if not path.resolve().is_relative_to(root) or path.resolve() == root:
             raise EngineMismatchError(f"engine file {rel!r} listed in {MANIFEST_NAME} is outside the engine folder")
-        return path
+        return path  # as the folder was named (relative stays relative): callers relate it to ``root``
 
     def _files(self, component: Component, precision: Precision) -> Mapping[str, str]:
         self.precisions  # noqa: B018  (checks the components' structure, with its own message)
