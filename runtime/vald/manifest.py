@@ -84,6 +84,7 @@ class Manifest:
             raise EngineMismatchError(
                 f"{MANIFEST_NAME} in {root} has format_version {version!r}; this vald reads {FORMAT_VERSION}"
             )
+        _check_components(data.get("components"))
         return cls(root, data)
 
     @property
@@ -142,7 +143,6 @@ class Manifest:
         return path  # as the folder was named (relative stays relative): callers relate it to ``root``
 
     def _files(self, component: Component, precision: Precision) -> Mapping[str, str]:
-        self.precisions  # noqa: B018  (checks the components' structure, with its own message)
         try:
             entry = self.data["components"][component.value]["precisions"][precision.value]
             files = dict(entry["files"])
@@ -157,12 +157,7 @@ class Manifest:
     @property
     def precisions(self) -> tuple[Precision, ...]:
         """Graph sets the folder holds for every component."""
-        components = self.data.get("components")
-        if not isinstance(components, dict):
-            raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is not an object")
-        if not all(isinstance(c, dict) and isinstance(c.get("precisions", {}), dict) for c in components.values()):
-            raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is malformed: each component must be an object")
-        found = [set(c.get("precisions", {})) for c in components.values()]
+        found = [set(c.get("precisions", {})) for c in self.data["components"].values()]
         common = set.intersection(*found) if found else set()
         return tuple(p for p in Precision if p.value in common)
 
@@ -221,6 +216,14 @@ class Manifest:
                 )
             stamps.record(rel, digest)
         return Verification(dict(expected), hashed=hashed, stamped=len(expected) - hashed, cache_writable=stamps.save())
+
+
+def _check_components(components: Any) -> None:
+    """EngineMismatchError unless ``components`` maps names to objects whose ``precisions`` is an object."""
+    if not isinstance(components, dict):
+        raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is not an object")
+    if not all(isinstance(c, dict) and isinstance(c.get("precisions", {}), dict) for c in components.values()):
+        raise EngineMismatchError(f"{MANIFEST_NAME} 'components' is malformed: each component must be an object")
 
 
 @dataclass(frozen=True)
