@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 from vald.errors import InputError, os_cause
 from vald.imageio import read_image
+from vald.manifest import sha256_file
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 KEY_CHARS = 16
@@ -37,15 +38,6 @@ class Source:
         return self.header is not None
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def looks_like_dicom(path: Path) -> bool:
     """By suffix, or by the 'DICM' magic for suffix-less files (as PACS exports often are)."""
     from vald.dicom.reader import is_dicom
@@ -58,7 +50,7 @@ def read_sha256(path: Path) -> str:
     if not path.is_file():
         raise InputError("input file does not exist or is not a file")
     try:
-        return file_sha256(path)
+        return sha256_file(path)
     except OSError as exc:
         raise InputError(f"cannot read input: {os_cause(exc, 'input device')}") from None
 
