@@ -160,6 +160,51 @@ def now() -> str:
 Events = Callable[[Entry, int], None]
 
 
+def handle_one(
+    path: Path,
+    entry: Entry,
+    out_root: Path,
+    settings_sha: str,
+    load: Callable[[Path, str | None], Source],
+    process: Callable[[Source, Entry], Path],
+    *,
+    force: bool = False,
+    seen: dict[str, int] | None = None,
+) -> None:
+    """One input, as ``vald run`` does it: hash, load, skip it when finished with these settings, else process.
+
+    ``entry`` gets the status, hash, output key, error and time.  A bad input is recorded as failed; a
+    stop signal (KeyboardInterrupt) marks it interrupted and an :class:`OutputError` marks it failed, and
+    both are raised.  ``seen`` (output key -> index) skips a second copy of an instance in one batch.
+    """
+    started = time.perf_counter()
+    try:
+        with interruptible():  # a stop signal ends this input's work at once (vald.signals)
+            entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
+            source = load(path, entry.input_sha256)
+            entry.output = source.key
+            first = entry.index if seen is None else seen.setdefault(source.key, entry.index)
+            if first != entry.index:
+                entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
+            elif not force and finished(out_root / source.key, settings_sha):
+                entry.status = Status.SKIPPED
+            else:
+                process(source, entry)
+                entry.status = Status.DONE
+    except KeyboardInterrupt:
+        entry.status = Status.INTERRUPTED
+        raise
+    except OutputError as exc:
+        entry.status, entry.error = Status.FAILED, str(exc)
+        raise
+    except ValdError as exc:
+        entry.status, entry.error = Status.FAILED, str(exc)
+    except Exception as exc:  # a bad file never stops a batch; the type is safe to show, the text may not be
+        entry.status, entry.error = Status.FAILED, f"internal error ({type(exc).__name__}); please report it"
+    finally:
+        entry.seconds = round(time.perf_counter() - started, 3)
+
+
 def run_batch(
     paths: Iterable[Path],
     out_root: Path,
@@ -187,37 +232,17 @@ def run_batch(
         summary.entries.append(entry)
         if on_event:
             on_event(entry, len(inputs))
-        started = time.perf_counter()
         try:
-            with interruptible():  # a stop signal ends this input's work at once (vald.signals)
-                entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
-                source = load(path, entry.input_sha256)
-                entry.output = source.key
-                first = seen.setdefault(source.key, index)
-                if first != index:
-                    entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
-                elif not force and finished(out_root / source.key, settings_sha):
-                    entry.status = Status.SKIPPED
-                else:
-                    process(source, entry)
-                    entry.status = Status.DONE
+            handle_one(path, entry, out_root, settings_sha, load, process, force=force, seen=seen)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (vald.signals)
-            entry.status, entry.seconds = Status.INTERRUPTED, round(time.perf_counter() - started, 3)
             summary.interrupted, summary.not_started = True, len(inputs) - index
             summary.stopped_by = stopped_by(exc).name
             break
-        except OutputError as exc:  # the output folder, not this input: later inputs would fail the same way
-            entry.status, entry.error = Status.FAILED, str(exc)
-            entry.seconds = round(time.perf_counter() - started, 3)
+        except OutputError:  # the output folder, not this input: later inputs would fail the same way
             summary.not_started, summary.finished = len(inputs) - index, now()
             with contextlib.suppress(OutputError):
                 write_summary(out_root, summary)
             raise
-        except ValdError as exc:
-            entry.status, entry.error = Status.FAILED, str(exc)
-        except Exception as exc:  # a bad file never stops a batch; the type is safe to show, the text may not be
-            entry.status, entry.error = Status.FAILED, f"internal error ({type(exc).__name__}); please report it"
-        entry.seconds = round(time.perf_counter() - started, 3)
         write_summary(out_root, summary)
         if on_event:
             on_event(entry, len(inputs))

@@ -149,6 +149,15 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--seed", type=int, default=0)
 
 
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve", help="DICOM node: receive CR/DX by C-STORE, process as `vald run`, send results (C-STORE, STOW-RS)"
+    )
+    p.add_argument("--config", type=Path, required=True, help="the node's TOML file (see the README)")
+    p.add_argument("--status", action="store_true", help="print the spool's queued / sending / done / failed as JSON")
+    p.add_argument("--quiet", action="store_true", help="warnings and errors only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the README's CLI reference)."""
     parser = argparse.ArgumentParser(prog="vald", description=__doc__)
@@ -156,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)  # also adds `induce`
     _verify_parser(sub)
     _bench_parser(sub)
+    _serve_parser(sub)
     _export_parser(sub)
     return parser
 
@@ -311,6 +321,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from vald.node import service
+    from vald.node.config import NodeConfig
+
+    cfg = NodeConfig.load(args.config)
+    if args.status:
+        return service.print_status(cfg)
+    try:
+        import dicomweb_client  # noqa: F401
+        import pynetdicom  # noqa: F401
+    except ImportError as exc:
+        raise ValdError(
+            f"`vald serve` needs the node extra: pip install 'vald[node]' ({exc.name} is missing)"
+        ) from None
+    return service.serve(cfg, quiet=args.quiet)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
@@ -336,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command."""
-    commands = {"run": _cmd_run, "induce": _cmd_induce, "verify": _cmd_verify, "bench": _cmd_bench}
+    commands = {"run": _cmd_run, "induce": _cmd_induce, "verify": _cmd_verify, "bench": _cmd_bench, "serve": _cmd_serve}
     if args.command in commands:
         return commands[args.command](args)
     try:

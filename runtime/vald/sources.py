@@ -80,5 +80,9 @@ def _load(path: Path, sha: str, modalities: tuple[str, ...] | None) -> Source:
     uid = str(dicom.header.get("SOPInstanceUID", "") or "")
     if not uid:
         raise InputError("the DICOM file has no SOP Instance UID")
-    key = hashlib.sha256(uid.encode("ascii", "replace")).hexdigest()[:KEY_CHARS]
-    return Source(dicom.image, sha, key, dicom.header, dicom.info)
+    return Source(dicom.image, sha, instance_key(uid), dicom.header, dicom.info)
+
+
+def instance_key(sop_instance_uid: str) -> str:
+    """The output folder's name for a DICOM instance: a prefix of the SOP Instance UID's hash."""
+    return hashlib.sha256(sop_instance_uid.encode("ascii", "replace")).hexdigest()[:KEY_CHARS]
