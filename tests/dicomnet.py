@@ -170,8 +170,8 @@ class Orthanc:
 class Node:
     """``vald serve`` as a real process in the namespace."""
 
-    def __init__(self, net: Netns, config: Path, log: Path) -> None:
-        self.net, self.config, self.log_path = net, config, log
+    def __init__(self, net: Netns, config: Path, log: Path, *, wrapper: Sequence[str] = ()) -> None:
+        self.net, self.config, self.log_path, self.wrapper = net, config, log, list(wrapper)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -179,7 +179,11 @@ class Node:
         with self.log_path.open("ab") as log:
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             self.process = self.net.popen(
-                [str(VALD), "serve", "--config", str(self.config)], stdout=log, stderr=log, env=env
+                [*self.wrapper, str(VALD), "serve", "--config", str(self.config)],
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,  # its own process group: a wrapper (strace) and the node are stopped together
             )
         wait_for(lambda: self._alive() and "listening as" in self.log(), 120, "the node to listen")
 
@@ -203,7 +207,7 @@ class Node:
     def kill(self, sig: int = signal.SIGKILL) -> int:
         """Send ``sig`` and wait for the end; the exit status."""
         assert self.process is not None
-        self.process.send_signal(sig)
+        os.killpg(self.process.pid, sig)
         return self.process.wait(timeout=60)
 
 

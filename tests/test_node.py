@@ -7,6 +7,7 @@ Orthanc's REST API.
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 from pathlib import Path
 
@@ -145,7 +146,10 @@ def test_node_rejects_strangers_and_other_sop_classes_and_dead_letters_what_cann
     port, closed = net.free_port(), net.free_port()
     destinations = [{"name": "down", "kind": "stow", "url": f"http://127.0.0.1:{closed}/dicom-web"}]
     config = node_toml(tmp_path, port, destinations, delivery={"attempts": 2, "backoff_s": 0.2})
-    node = Node(net, config, tmp_path / "node.log")
+    trace = tmp_path / "connect.trace"
+    # under strace where it is installed: every connection the node opens must go to its one destination
+    wrapper = ["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace)] if shutil.which("strace") else []
+    node = Node(net, config, tmp_path / "node.log", wrapper=wrapper)
     try:
         node.start()
         stranger = send_pynetdicom(net, [SAMPLES / "normal.dcm"], port, aet="STRANGER")
@@ -176,6 +180,13 @@ def test_node_rejects_strangers_and_other_sop_classes_and_dead_letters_what_cann
         ]
         attempts = [e for e in _events(tmp_path) if e["event"] == "send_failed"]
         assert [e["attempt"] for e in attempts] == [1, 2]
+        assert node.kill(signal.SIGTERM) == 0
+        if wrapper:
+            calls = [line for line in trace.read_text().splitlines() if "connect(" in line]
+            inet = [line for line in calls if "AF_INET" in line]
+            assert len(inet) == 2, calls  # the two tries, nothing else (no DNS, no telemetry, no proxy)
+            assert all(f"htons({closed})" in line and '"127.0.0.1"' in line for line in inet), inet
+            assert all("AF_UNIX" in line or "AF_INET" in line for line in calls), calls
     finally:
         if node.process and node.process.poll() is None:
             node.kill()
