@@ -173,3 +173,20 @@ def test_node_config_resolves_paths_beside_the_file(tmp_path: Path) -> None:
     cfg = NodeConfig.load(path)
     assert cfg.out == tmp_path / "o" and cfg.spool == tmp_path / "s" and cfg.engines == tmp_path / "engines/demo"
     assert cfg.listen.allowed_calling_ae_titles == ("PACS",) and cfg.destinations == ()
+
+
+def test_associations_past_the_maximum_are_rejected_as_a_local_limit(tmp_path: Path) -> None:
+    receiver, _, port = _receiver(tmp_path, max_associations=1)
+    try:
+        first = _associate(port)
+        assert first.is_established
+        second = _associate(port)
+        assert second.is_rejected
+        primitive = second.acceptor.primitive
+        assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)  # transient, local limit
+        first.release()
+        third = _associate(port)
+        assert third.is_established
+        third.release()
+    finally:
+        receiver.stop()
