@@ -8,6 +8,23 @@ import os
 from vald.config import Precision
 
 
+def _build(args: argparse.Namespace) -> int:
+    from vald.config import RunConfig
+    from vald_export.tensorrt_build import BuildRequest, build
+    from vald_export.tensorrt_plan import ProfileKind
+
+    run = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    request = BuildRequest(
+        precision=Precision(args.precision),
+        profile=ProfileKind(args.profile),
+        size=args.size,
+        run=run.replace(mode=args.mode),
+    )
+    engine_set = build(args.engines, request)
+    print(f"vald: TensorRT engines for {engine_set['identity']} written under {args.engines / 'tensorrt'}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Dispatch ``export``, ``make-tiny-model`` and ``make-sd15-model``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only; never reach for a hub
@@ -23,6 +40,8 @@ def main(args: argparse.Namespace) -> int:
 
         print(make_sd15_model(args.out, seed=args.seed))
         return 0
+    if args.command == "build":
+        return _build(args)
     from vald_export.export import export_model
 
     precisions = tuple(Precision(p) for p in (args.precision or ["fp32", "fp16"]))

@@ -139,6 +139,15 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         help="prompt tokens (default: the tokenizer's model_max_length when <= 512, else 77)",
     )
     p.add_argument("--precision", action="append", choices=[x.value for x in EXPORT_PRECISIONS], help="repeatable")
+    p = sub.add_parser(
+        "build", help="exported ONNX graphs -> native TensorRT engines (needs an NVIDIA GPU, TensorRT, cuda-python)"
+    )
+    p.add_argument("engines", type=Path, help="engine folder written by `vald export`")
+    p.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="default fp16 (checked per component)")
+    p.add_argument("--profile", choices=["static", "dynamic"], default="static", help="optimisation profiles")
+    p.add_argument("--size", type=int, help="model resolution in pixels (default: the model's)")
+    p.add_argument("--mode", choices=[m.value for m in Mode], help="the run settings' mode whose shapes to cover")
+    p.add_argument("--config", type=Path, help="TOML file of run settings whose shapes to cover")
     p = sub.add_parser("make-tiny-model", help="write a small random-weight diffusers folder (tests, demo)")
     p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=0)
