@@ -184,15 +184,19 @@ class RunConfig:
     @classmethod
     def from_toml(cls, path: Path, base: RunConfig | None = None) -> RunConfig:
         """Load a TOML file of top-level keys (the same names as the CLI options) over ``base``."""
-        try:
-            data = tomllib.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path.name} is not UTF-8 text (a TOML file is expected)") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data, base)
+        return cls.from_mapping(read_toml(path), base)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's content; ConfigError naming the cause (unreadable, not UTF-8, not valid TOML)."""
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path.name} is not UTF-8 text (a TOML file is expected)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
 
 
 def available_cpus() -> int:

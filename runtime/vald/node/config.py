@@ -25,13 +25,12 @@ port = 104
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from vald.config import RunConfig
+from vald.config import RunConfig, read_toml
 from vald.errors import ConfigError
 
 MB = 1024 * 1024
@@ -149,15 +148,7 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         """Read and check the TOML file; every error is a one-line ConfigError."""
-        try:
-            data = tomllib.loads(path.read_bytes().decode("utf-8"))
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {path.name} is not UTF-8 text (a TOML file is expected)") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data, path.resolve().parent)
+        return cls.from_mapping(read_toml(path), path.resolve().parent)
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], base: Path) -> NodeConfig:
