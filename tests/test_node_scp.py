@@ -65,6 +65,7 @@ def test_a_full_spool_answers_out_of_resources_and_keeps_what_it_has(tmp_path: P
     try:
         assoc = _associate(port)
         assert assoc.send_c_store(pydicom.dcmread(SAMPLE)).Status == 0
+        assert assoc.send_c_store(pydicom.dcmread(SAMPLE)).Status == 0  # the same instance again replaces it
         refused = assoc.send_c_store(pydicom.dcmread(OTHER))
         assert refused.Status == OUT_OF_RESOURCES and "spool full" in refused.ErrorComment
         assoc.release()

@@ -103,16 +103,20 @@ class Spool:
 
     def accept(self, key: str, data: bytes) -> None:
         """Store a received instance durably (before its C-STORE is acknowledged); SpoolFull past the limit."""
+        target = self.path(INCOMING, key, ".dcm")
         with self._lock:
-            if self._queued + len(data) > self.limit:
+            replaced = _size(target)  # the same instance, still queued: replaced, not added
+            if self._queued - replaced + len(data) > self.limit:
                 raise SpoolFull(f"spool limit reached ({self._queued} bytes waiting)")
             self._queued += len(data)
         try:
-            write_atomic(self.path(INCOMING, key, ".dcm"), data)
+            write_atomic(target, data)
         except BaseException:
             with self._lock:
                 self._queued -= len(data)
             raise
+        with self._lock:
+            self._queued -= replaced
         self.log("received", key, bytes=len(data))
 
     def incoming(self) -> list[Path]:
@@ -202,3 +206,11 @@ def _oldest_first(paths: Iterable[Path]) -> list[Path]:
         except FileNotFoundError:
             continue
     return [path for _, _, path in sorted(found)]
+
+
+def _size(path: Path) -> int:
+    """A file's size; 0 when it does not exist (or was just removed by the worker)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0

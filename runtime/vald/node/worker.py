@@ -93,7 +93,10 @@ class Worker:
 
     def _idle_wait(self) -> float:
         waits = [
-            t.next_try - time.time() for path in self.spool.outgoing() for t in _read(path).targets.values() if t.open
+            t.next_try - time.time()
+            for path in self.spool.outgoing()
+            for t in Outgoing.read(path).targets.values()
+            if t.open
         ]
         return max(0.05, min([1.0, *waits]))
 
@@ -132,7 +135,7 @@ class Worker:
         """Try every destination whose turn has come; finish records that are complete.  True if any was tried."""
         tried = False
         for path in self.spool.outgoing():
-            record = _read(path)
+            record = Outgoing.read(path)
             for name, target in record.targets.items():
                 if target.open and target.next_try <= now:
                     self._try(record, name, target)
@@ -190,7 +193,3 @@ class Worker:
 
     def _destination(self, name: str) -> Destination | None:
         return next((d for d in self.cfg.destinations if d.name == name), None)
-
-
-def _read(path: Path) -> Outgoing:
-    return Outgoing.read(path)
