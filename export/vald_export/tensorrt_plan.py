@@ -15,6 +15,7 @@ encoder and attention softmax are the known offenders).  The decision and its re
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -96,7 +97,7 @@ def record_shapes(
     model: ModelInfo, tokenizer: PromptTokenizer, schedule: NoiseSchedule, cfg: RunConfig, size: int
 ) -> dict[Component, list[dict[str, Shape]]]:
     """Every distinct input-shape set each network is fed by one run of ``cfg`` at ``size`` pixels."""
-    at_size = ModelInfo(**{**model.__dict__, "image_size": size})
+    at_size = dataclasses.replace(model, image_size=size)
     component_specs = specs(
         image_channels=model.image_channels,
         latent_channels=model.latent_channels,

@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 from contextlib import ExitStack
-from typing import Any
 
 from vald.lock import claim
 from vald.node.config import NodeConfig
@@ -60,12 +59,7 @@ def serve(cfg: NodeConfig, *, quiet: bool = False) -> int:
     return 0
 
 
-def status(cfg: NodeConfig) -> dict[str, Any]:
-    """The spool's state (no lock taken: the node may be running)."""
-    return Spool(cfg.spool).status()
-
-
 def print_status(cfg: NodeConfig) -> int:
-    """``vald serve --status``: JSON on stdout."""
-    print(json.dumps(status(cfg), indent=2))
+    """``vald serve --status``: the spool's state as JSON on stdout (no lock taken: the node may be running)."""
+    print(json.dumps(Spool(cfg.spool).status(), indent=2))
     return 0

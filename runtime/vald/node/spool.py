@@ -87,10 +87,9 @@ class Spool:
 
     def prepare(self) -> None:
         """Before serving (under the spool's lock): create the folders, drop writes a crash cut short."""
-        for name in (INCOMING, OUTBOX, DONE, FAILED):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
-        for state in (INCOMING, OUTBOX, DONE, FAILED):  # never acknowledged, or never completed: redone
-            for leftover in (self.root / state).glob(".*.tmp"):
+        for state in (INCOMING, OUTBOX, DONE, FAILED):
+            (self.root / state).mkdir(parents=True, exist_ok=True)
+            for leftover in (self.root / state).glob(".*.tmp"):  # never acknowledged, or never completed: redone
                 if leftover.is_dir():
                     shutil.rmtree(leftover, ignore_errors=True)
                 else:
