@@ -117,3 +117,112 @@ def test_built_engines_run_and_match_onnx_runtime(engines: Path, tmp_path: Path)
         got = session.run(feeds)
         name = spec.outputs[0].name
         assert np.max(np.abs(got[name] - expected[name])) <= 5e-2 * max(1.0, float(np.max(np.abs(expected[name]))))
+
+
+def _engine_set(profile: str, precision: str = "fp16", mode: str = "inversion", size: int = 128) -> dict[str, object]:
+    """A manifest entry as `vald build` writes it (plan files hold arbitrary bytes: nothing deserialises them)."""
+    return {
+        "identity": {"tensorrt_version": "10.7.0", "gpu_name": "NVIDIA H200", "compute_capability": "9.0"},
+        "request": {"precision": precision, "profile": profile, "size": size, "mode": mode},
+        "build_flags": ["STRONGLY_TYPED"],
+        "rebuild": f"vald build X --precision {precision} --profile {profile} --size {size} --mode {mode}",
+        "components": {
+            c.value: {
+                "file": f"tensorrt/{c.value}.{profile}.plan",
+                "sha256": "",
+                "precision": "fp32" if c is Component.VAE_ENCODER else precision,
+            }
+            for c in Component
+        },
+    }
+
+
+def _with_engine_sets(tmp_path: Path, sets: dict[str, dict[str, object]]) -> Path:
+    import hashlib
+    import json
+    import shutil
+
+    folder = tmp_path / "engines"
+    shutil.copytree(DEMO, folder, ignore=shutil.ignore_patterns("samples", "training", "model"))
+    (folder / "tensorrt").mkdir()
+    for entry in sets.values():
+        for component in entry["components"].values():  # type: ignore[attr-defined]
+            data = f"plan of {component['file']}".encode()
+            (folder / component["file"]).write_bytes(data)
+            component["sha256"] = hashlib.sha256(data).hexdigest()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "tensorrt": sets}))
+    return folder
+
+
+TRT_RUN = RunConfig(backend="tensorrt", provider="cuda", precision="fp16")  # type: ignore[arg-type]
+
+
+def test_backend_tensorrt_runs_on_cuda_in_fp16_or_fp32_only() -> None:
+    from vald.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="backend=tensorrt runs on provider=cuda, not cpu: add --provider cuda"):
+        RunConfig(backend="tensorrt", precision="fp16")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="precision=bf16 is not available on backend=tensorrt; it runs: fp16, fp32"):
+        RunConfig(backend="tensorrt", provider="cuda", precision="bf16")  # type: ignore[arg-type]
+
+
+def test_a_run_picks_its_engine_set_static_first_and_verifies_and_records_the_plans(tmp_path: Path) -> None:
+    from vald.sessions import run_files
+    from vald.sessions.tensorrt_set import select_engine_set
+
+    folder = _with_engine_sets(
+        tmp_path,
+        {
+            "fp16-dynamic-128-inversion": _engine_set("dynamic"),
+            "fp16-static-128-inversion": _engine_set("static"),
+            "fp16-static-128-img2img": _engine_set("img2img-static", mode="img2img"),
+            "fp32-static-128-inversion": _engine_set("fp32-static", precision="fp32"),
+        },
+    )
+    manifest = Manifest.load(folder)
+    chosen = select_engine_set(manifest, TRT_RUN)
+    assert chosen.name == "fp16-static-128-inversion"
+    assert chosen.plans[Component.UNET].file == "tensorrt/unet.static.plan"
+    assert chosen.plans[Component.VAE_ENCODER].precision == "fp32"  # kept in FP32 by the build-time check
+    files = run_files(manifest, TRT_RUN)
+    assert set(chosen.hashes()) <= set(files) and not any(f.endswith(".onnx") for f in files)
+    assert "tokenizer/tokenizer.json" in files
+    manifest.verify_files(files, rehash=True)
+    (folder / "tensorrt" / "unet.static.plan").write_bytes(b"another engine")
+    with pytest.raises(EngineMismatchError, match=r"engine file tensorrt/unet.static.plan does not match"):
+        manifest.verify_files(files, rehash=True)
+
+
+def test_a_missing_engine_set_names_those_present_and_the_build_command(tmp_path: Path) -> None:
+    from vald.sessions import open_sessions
+
+    folder = _with_engine_sets(tmp_path, {"fp16-static-512-img2img": _engine_set("static", mode="img2img", size=512)})
+    with pytest.raises(EngineMismatchError) as caught:
+        open_sessions(Manifest.load(folder), TRT_RUN)
+    assert str(caught.value) == (
+        f"{folder} has no TensorRT engines for precision fp16, mode inversion at 128 px (it has: "
+        f"fp16-static-512-img2img); build them: vald build {folder} --precision fp16 --profile static "
+        "--size 128 --mode inversion"
+    )
+    broken = _engine_set("static")
+    del broken["identity"]
+    folder2 = _with_engine_sets(tmp_path / "b", {"fp16-static-128-inversion": broken})
+    with pytest.raises(EngineMismatchError, match="'fp16-static-128-inversion' is malformed; rebuild it"):
+        open_sessions(Manifest.load(folder2), TRT_RUN)
+
+
+@pytest.mark.skipif(HAVE_TENSORRT, reason="TensorRT is installed here")
+def test_vald_run_on_tensorrt_without_it_says_what_to_install_in_one_line(tmp_path: Path) -> None:
+    folder = _with_engine_sets(tmp_path, {"fp16-static-128-inversion": _engine_set("static")})
+    gpu = ["--backend", "tensorrt", "--provider", "cuda", "--precision", "fp16", "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-m", "vald.cli", "run", str(DEMO / "samples" / "nodule.png"), "--engines", str(folder), *gpu],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("vald: error: the TensorRT backend needs TensorRT and cuda-python"), lines
+    assert not (tmp_path / "out" / "nodule").exists()

@@ -27,7 +27,7 @@ from vald.outputs import INDUCED, write_outputs
 from vald.pipeline import Engines
 from vald.render import CAUTION, symmetric_limit
 from vald.schedules import NoiseSchedule
-from vald.sessions import graph_precision, open_sessions
+from vald.sessions import open_sessions, run_files
 from vald.sources import Source, read_sha256
 from vald.tokenizer import PromptTokenizer
 
@@ -36,7 +36,7 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
     """Verify the engine folder against its manifest, open sessions; also return provenance for results."""
     manifest = Manifest.load(engine_dir)
     started = time.perf_counter()
-    verified = manifest.verify(graph_precision(cfg))
+    verified = manifest.verify_files(run_files(manifest, cfg))
     verify_s = time.perf_counter() - started
     info = manifest.model
     tokenizer = PromptTokenizer(engine_dir / "tokenizer", max_length=info.max_length, pad_id=info.pad_id)

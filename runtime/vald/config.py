@@ -47,6 +47,7 @@ class Backend(StrEnum):
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"  # reads the exported ONNX graphs; bf16 on CPUs with AVX512-BF16 or AMX
     TORCH = "torch"
+    TENSORRT = "tensorrt"  # native engines built by `vald build` (provider cuda)
 
 
 class Provider(StrEnum):
@@ -73,6 +74,7 @@ BACKEND_PRECISIONS = {
     Backend.ONNXRUNTIME: (Precision.FP32, Precision.FP16),
     Backend.OPENVINO: (Precision.FP32, Precision.BF16),
     Backend.TORCH: (Precision.FP32, Precision.BF16, Precision.FP16),
+    Backend.TENSORRT: (Precision.FP16, Precision.FP32),
 }
 
 
@@ -143,6 +145,8 @@ class RunConfig:
             raise ConfigError(
                 f"precision={self.precision.value} is not available on backend={self.backend.value}; it runs: {allowed}"
             )
+        if self.backend is Backend.TENSORRT and self.provider is not Provider.CUDA:
+            raise ConfigError(f"backend=tensorrt runs on provider=cuda, not {self.provider.value}: add --provider cuda")
         self._check_mode()
 
     def _check_mode(self) -> None:

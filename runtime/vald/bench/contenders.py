@@ -22,9 +22,15 @@ class Contender:
 
     def unavailable(self, *, mode: Mode, cuda: bool) -> str | None:
         """Why this contender cannot run here (None: it can)."""
-        needs = {Backend.OPENVINO: "openvino", Backend.TORCH: "torch"}.get(self.backend)
+        needs = {Backend.OPENVINO: "openvino", Backend.TORCH: "torch", Backend.TENSORRT: "tensorrt"}.get(self.backend)
         if needs and importlib.util.find_spec(needs) is None:
             return f"{needs} is not installed (pip install 'vald[{needs}]')"
+        if self.backend is Backend.ONNXRUNTIME and self.provider != "cpu":
+            ep = {"cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}[self.provider]
+            import onnxruntime as ort
+
+            if ep not in ort.get_available_providers():
+                return f"this onnxruntime has no {ep} (pip install 'vald[gpu]' instead of the CPU build)"
         if self.kind == "diffusers":
             if importlib.util.find_spec("diffusers") is None:
                 return "diffusers is not installed (pip install 'vald[torch]')"
@@ -35,16 +41,22 @@ class Contender:
         return None
 
 
-CPU_CONTENDERS = (
+CONTENDERS = (
     Contender("vald onnxruntime fp32", "vald", Backend.ONNXRUNTIME, Precision.FP32),
     Contender("vald onnxruntime fp16", "vald", Backend.ONNXRUNTIME, Precision.FP16),
     Contender("vald openvino fp32", "vald", Backend.OPENVINO, Precision.FP32),
     Contender("vald openvino bf16", "vald", Backend.OPENVINO, Precision.BF16),
     Contender(REFERENCE, "vald", Backend.TORCH, Precision.FP32),
     Contender("torch bf16", "vald", Backend.TORCH, Precision.BF16),
-    Contender("torch fp16 cuda", "vald", Backend.TORCH, Precision.FP16, provider="cuda"),
     Contender("diffusers img2img fp32", "diffusers", Backend.TORCH, Precision.FP32),
     Contender("diffusers img2img bf16", "diffusers", Backend.TORCH, Precision.BF16),
+    # GPU rows: skipped with their reason where there is no CUDA device or the package is missing
+    Contender("torch fp32 cuda", "vald", Backend.TORCH, Precision.FP32, provider="cuda"),
+    Contender("torch fp16 cuda", "vald", Backend.TORCH, Precision.FP16, provider="cuda"),
+    Contender("vald onnxruntime fp32 cuda", "vald", Backend.ONNXRUNTIME, Precision.FP32, provider="cuda"),
+    Contender("vald onnxruntime fp16 cuda", "vald", Backend.ONNXRUNTIME, Precision.FP16, provider="cuda"),
+    Contender("vald onnxruntime fp16 tensorrt-ep", "vald", Backend.ONNXRUNTIME, Precision.FP16, provider="tensorrt"),
+    Contender("vald tensorrt fp16", "vald", Backend.TENSORRT, Precision.FP16, provider="cuda"),
 )
 # --quick leaves out the slowest contenders on a CPU: FP16 graphs (no FP16 matrix units: casts around
 # every op) and diffusers in bf16 (the torch bf16 row measures the same kernels).
@@ -53,13 +65,13 @@ QUICK_SKIP = ("vald onnxruntime fp16", "diffusers img2img bf16")
 
 def by_name(names: str | None, *, quick: bool) -> tuple[Contender, ...]:
     """Contenders named in a comma list (all when None), the reference always first."""
-    chosen = [c for c in CPU_CONTENDERS if names is None or c.name in {n.strip() for n in names.split(",")}]
+    chosen = [c for c in CONTENDERS if names is None or c.name in {n.strip() for n in names.split(",")}]
     if names is not None:
-        unknown = {n.strip() for n in names.split(",")} - {c.name for c in CPU_CONTENDERS}
+        unknown = {n.strip() for n in names.split(",")} - {c.name for c in CONTENDERS}
         if unknown:
             from vald.errors import ConfigError
 
-            known = "; ".join(c.name for c in CPU_CONTENDERS)
+            known = "; ".join(c.name for c in CONTENDERS)
             raise ConfigError(f"unknown contender(s) {', '.join(sorted(unknown))}; known: {known}")
     if quick and names is None:
         chosen = [c for c in chosen if c.name not in QUICK_SKIP]

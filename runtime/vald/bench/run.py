@@ -166,12 +166,15 @@ def bench_subject(
     return rows
 
 
+RATIO_BASES = ("torch fp32", "torch bf16", "torch fp32 cuda", "torch fp16 cuda")
+
+
 def _ratios(rows: list[dict[str, Any]]) -> None:
     """Speed-ups of every row against the torch fp32 and torch bf16 rows (p50 end to end), when present."""
     p50 = {r["contender"]: r["end_to_end_s"]["p50"] for r in rows if "end_to_end_s" in r}
     for r in rows:
         if r["contender"] in p50:
-            r["speedup"] = {f"vs {b}": p50[b] / p50[r["contender"]] for b in ("torch fp32", "torch bf16") if b in p50}
+            r["speedup"] = {f"vs {b}": p50[b] / p50[r["contender"]] for b in RATIO_BASES if b in p50}
 
 
 def _settings(cfg: RunConfig) -> dict[str, Any]:

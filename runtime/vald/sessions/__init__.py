@@ -99,13 +99,24 @@ def check_bindings(graph: str, spec: ComponentSpec, inputs: Iterable[str], outpu
 def graph_precision(cfg: RunConfig) -> Precision | None:
     """Which exported graph set ``cfg``'s backend loads (None: it loads no graph, the torch reference).
 
-    ONNX Runtime's TensorRT provider and OpenVINO build their reduced precision from the FP32 graphs.
+    ONNX Runtime's TensorRT provider and OpenVINO build their reduced precision from the FP32 graphs; native
+    TensorRT loads the engines ``vald build`` made from them (see :func:`run_files`).
     """
-    if cfg.backend is Backend.TORCH:
+    if cfg.backend in (Backend.TORCH, Backend.TENSORRT):
         return None
     if cfg.backend is Backend.OPENVINO or cfg.provider is Provider.TENSORRT:
         return Precision.FP32
     return cfg.precision
+
+
+def run_files(manifest: Manifest, cfg: RunConfig) -> dict[str, str]:
+    """Every file (relative path -> sha256) a run with ``cfg`` loads: checked before, recorded after."""
+    hashes = manifest.engine_hashes(graph_precision(cfg))
+    if cfg.backend is Backend.TENSORRT:
+        from vald.sessions.tensorrt_set import select_engine_set
+
+        hashes |= select_engine_set(manifest, cfg).hashes()
+    return hashes
 
 
 def open_sessions(manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None = None) -> Mapping[Component, Session]:
@@ -122,6 +133,10 @@ def open_sessions(manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None 
         from vald.sessions.openvino import open_openvino_sessions
 
         return open_openvino_sessions(manifest, cfg)
+    if cfg.backend is Backend.TENSORRT:
+        from vald.sessions.tensorrt import open_tensorrt_sessions  # imports cuda-python and TensorRT
+
+        return open_tensorrt_sessions(manifest, cfg)
     from vald.sessions.ort import open_ort_sessions
 
     return open_ort_sessions(manifest, cfg)

@@ -7,6 +7,9 @@ the device, ``execute_async_v3``, and copies outputs back.
 
 Written against TensorRT's documented Python API (10.x, 11.x) and cuda-python; **not run** on this
 project's machines (no GPU, no TensorRT).  Device-resident latents and CUDA-graph capture are not done yet.
+
+:func:`open_tensorrt_sessions` picks the engine set (:mod:`vald.sessions.tensorrt_set`), compares the build
+machine's identity with this one before any engine is deserialised, and opens one session per component.
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from vald.config import Provider, RunConfig
 from vald.errors import BackendUnavailableError, EngineMismatchError
+from vald.manifest import Manifest
 from vald.sessions import BoundSession, SessionInfo, check_bindings
 from vald.sessions.cuda import check, cudart
-from vald.spec import ComponentSpec
+from vald.sessions.tensorrt_identity import check_identity, this_machine
+from vald.sessions.tensorrt_set import select_engine_set
+from vald.spec import Component, ComponentSpec
 
 H2D, D2H = 1, 2  # cudaMemcpyKind: cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost
 
@@ -129,3 +136,23 @@ class TensorRTSession(BoundSession):
     def __del__(self) -> None:
         for pointer, _ in getattr(self, "_buffers", {}).values():
             self._rt.cudaFree(pointer)
+
+
+def open_tensorrt_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, TensorRTSession]:
+    """Open the engine set built for ``cfg`` (its files were verified by the caller against the manifest).
+
+    Order of checks: the set exists (EngineMismatchError with the build command), TensorRT and cuda-python
+    import (BackendUnavailableError), the build machine's identity matches this one (EngineMismatchError
+    naming each difference and the rebuild command); only then are engines deserialised.
+    """
+    if cfg.provider is not Provider.CUDA:
+        raise BackendUnavailableError(f"backend=tensorrt runs on provider cuda, not {cfg.provider}")
+    engine_set = select_engine_set(manifest, cfg)
+    _trt()
+    check_identity(engine_set.identity, this_machine(), engine_set.rebuild)
+    sessions = {}
+    for component, plan in engine_set.plans.items():
+        sessions[component] = TensorRTSession.from_bytes(
+            manifest.path(plan.file).read_bytes(), manifest.specs[component], graph=plan.file, precision=plan.precision
+        )
+    return sessions
