@@ -60,9 +60,9 @@ def induction(engines_dir: Path, size: int, count: int = 20) -> dict[str, float]
     import numpy as np
 
     from vald.config import INDUCE_DEFAULTS
+    from vald.eval.metrics import ssim_map
     from vald.induce import induce
     from vald_train.data import held_out_seeds
-    from vald_train.metrics import ssim_map
     from vald_train.phantoms import make_phantom
 
     engines, _ = open_engines(engines_dir, INDUCE_DEFAULTS)
@@ -84,6 +84,37 @@ def induction(engines_dir: Path, size: int, count: int = 20) -> dict[str, float]
             }
         )
     return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"n": float(len(rows))}
+
+
+def uncertainty(engines_dir: Path, size: int, per_type: int = 10, seeds: int = 4) -> dict[str, float]:
+    """Is the per-seed spread high where the map is wrong?  img2img averaged over ``seeds`` seeds.
+
+    Per abnormal phantom: AUROC of the per-pixel std for the pixels whose error |M - true map| is in the
+    top decile, and the rank correlation of std and error over all pixels.
+    """
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from vald.attribution import attribute
+    from vald.eval.metrics import pixel_auroc
+
+    cfg = RunConfig(mode="img2img", average=seeds)  # type: ignore[arg-type]
+    engines, _ = open_engines(engines_dir, cfg)
+    rows = []
+    for p in cases(per_type, size, offset=300):
+        if p.finding.kind is Finding.NORMAL:
+            continue
+        result = attribute(engines, p.abnormal, cfg)
+        assert result.uncertainty is not None
+        error = np.abs(result.signed_map - p.difference)
+        rows.append(
+            {
+                "auroc_top_decile_error": pixel_auroc(result.uncertainty, error > np.quantile(error, 0.9)),
+                "spearman": float(spearmanr(result.uncertainty.ravel(), error.ravel()).statistic),
+                "mean_std": float(result.uncertainty.mean()),
+            }
+        )
+    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"n": float(len(rows)), "seeds": seeds}
 
 
 SWEEP_MODES = {"img2img": {"mode": "img2img"}, "inversion": {"mode": "inversion", "reference": "reconstruction"}}
@@ -205,6 +236,8 @@ def main() -> None:
     else:
         report["induction"] = induction(args.engines, size)
         print(f"induction: {report['induction']}", flush=True)
+        report["uncertainty"] = uncertainty(args.engines, size)
+        print(f"uncertainty: {report['uncertainty']}", flush=True)
     runs = {
         name: (lambda m=method: score(m, cases(args.per_type, size)))
         for name, (method, _) in methods(args.engines, base).items()

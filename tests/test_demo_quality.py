@@ -14,9 +14,9 @@ import pytest
 
 from vald.app import open_engines
 from vald.config import INDUCE_DEFAULTS, RunConfig
+from vald.eval.metrics import ssim_map
 from vald.induce import induce
 from vald_train.evaluate import cases, runtime_method, score, summarise
-from vald_train.metrics import ssim_map
 from vald_train.phantoms import Finding, make_phantom
 
 DEMO = Path(__file__).resolve().parents[1] / "engines" / "demo"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vald_train.metrics import dice, ms_ssim, ncc, otsu_threshold, pixel_auroc, removal, ssim
+from vald.eval.metrics import dice, ms_ssim, ncc, otsu_threshold, pixel_auroc, removal, ssim
 
 
 def test_auroc_perfect_inverted_and_chance() -> None:
@@ -50,3 +50,37 @@ def test_ssim_and_ms_ssim() -> None:
     assert ssim(x, x) == pytest.approx(1.0) and ms_ssim(x, x) == pytest.approx(1.0)
     noisy = np.clip(x + rng.normal(0, 0.2, x.shape), 0, 1)
     assert ssim(x, noisy) < 0.9 and ms_ssim(x, noisy) < 0.95
+
+
+def _pair(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    from scipy.ndimage import gaussian_filter
+
+    x = np.clip(gaussian_filter(rng.random((size, size)), 2.0) * 2 - 0.3, 0, 1)
+    return x, np.clip(x + gaussian_filter(rng.normal(0, 0.15, x.shape), 1.0), 0, 1)
+
+
+def test_ssim_equals_scikit_image() -> None:
+    from skimage.metrics import structural_similarity
+
+    for seed in range(3):
+        x, y = _pair(96, seed)
+        expected = structural_similarity(
+            x, y, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
+        assert ssim(x, y) == pytest.approx(expected, abs=1e-9)
+
+
+def test_ms_ssim_equals_pytorch_msssim() -> None:
+    import torch
+    from pytorch_msssim import ms_ssim as reference
+
+    from vald.eval.metrics import MS_SSIM_WEIGHTS
+
+    for seed, scales in ((0, 3), (1, 3), (2, 5)):
+        x, y = _pair(192, seed)
+        weights = [w / sum(MS_SSIM_WEIGHTS[:scales]) for w in MS_SSIM_WEIGHTS[:scales]]
+        tx, ty = (torch.from_numpy(a)[None, None].double() for a in (x, y))
+        expected = float(reference(tx, ty, data_range=1.0, weights=weights))
+        # pytorch-msssim builds its window in float32: agreement to ~1e-6, not to float64 rounding
+        assert ms_ssim(x, y, scales=scales) == pytest.approx(expected, abs=1e-5)

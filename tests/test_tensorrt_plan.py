@@ -226,3 +226,42 @@ def test_vald_run_on_tensorrt_without_it_says_what_to_install_in_one_line(tmp_pa
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("vald: error: the TensorRT backend needs TensorRT and cuda-python"), lines
     assert not (tmp_path / "out" / "nodule").exists()
+
+
+def test_io_binding_keeps_one_set_of_buffers_per_shape_and_matches_plain_runs() -> None:
+    """The CUDA provider's IO-binding runner, exercised on the CPU provider (the same onnxruntime API)."""
+    from vald.config import Precision
+    from vald.sessions.ort import BoundRunner, OrtSession
+
+    manifest = Manifest.load(DEMO)
+    spec = manifest.specs[Component.UNET]
+    path = manifest.graph_path(Component.UNET, Precision.FP32)
+    plain = OrtSession(path, spec, ["CPUExecutionProvider"], threads=1)
+    bound = OrtSession(path, spec, ["CPUExecutionProvider"], threads=1, bind="cpu")
+    assert bound.info.device == "CPUExecutionProvider+io-binding"
+    runner = bound._runner
+    assert isinstance(runner, BoundRunner)
+    rng = np.random.default_rng(0)
+    model = manifest.model
+    for batch in (1, 3, 1, 3, 1):
+        feeds = {
+            "sample": rng.normal(size=(batch, model.latent_channels, model.latent_size, model.latent_size)).astype(
+                np.float32
+            ),
+            "timestep": np.array([rng.integers(1000)] * batch, dtype=np.int64),
+            "encoder_hidden_states": rng.normal(size=(batch, model.max_length, model.hidden_size)).astype(np.float32),
+        }
+        feeds = {t.name: feeds[t.name].astype(t.dtype) for t in spec.inputs}
+        want = plain.run(feeds)
+        got = bound.run(feeds)
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+    assert runner.shapes == 2  # buffers made for batch 1 and 3 once, then reused
+
+
+def test_cuda_graph_is_a_setting_of_onnxruntime_on_cuda_only() -> None:
+    from vald.errors import ConfigError
+
+    assert RunConfig(provider="cuda", cuda_graph=True).cuda_graph  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="cuda_graph needs backend=onnxruntime and provider=cuda"):
+        RunConfig(cuda_graph=True)

@@ -200,6 +200,23 @@ def _dicom_extra(
     return files
 
 
+def attribution_settings_sha256(
+    cfg: RunConfig, provenance: dict[str, Any], options: OutputOptions, keep_mask_sha256: str | None = None
+) -> str:
+    """The settings hash of an attribution run (a keep mask's content is part of the settings)."""
+    settings_sha = settings_sha256(cfg, provenance, "attribution", options)
+    return _sha(settings_sha + keep_mask_sha256) if keep_mask_sha256 else settings_sha
+
+
+def _keep_mask(path: Path, native: NDArray[np.float32]) -> tuple[NDArray[np.float32], str]:
+    """The keep mask at the input's size, and its hash; InputError naming the cause."""
+    mask_sha = read_sha256(path)
+    mask = read_image(path)
+    if mask.shape != native.shape:
+        raise InputError(f"keep mask is {mask.shape[1]}x{mask.shape[0]}, image is {native.shape[1]}x{native.shape[0]}")
+    return mask, mask_sha
+
+
 def run_one(
     source: Source,
     out_root: Path,
@@ -209,25 +226,44 @@ def run_one(
     *,
     options: OutputOptions = DEFAULT_OUTPUTS,
     on_step: Callable[[int, int], None] | None = None,
+    keep_mask: Path | None = None,
 ) -> Path:
-    """Counterfactual and attribution map of one input, written under ``out_root/<source.key>/``."""
+    """Counterfactual and attribution map of one input, written under ``out_root/<source.key>/``.
+
+    ``keep_mask``: a mask at the input's size whose white region is held unchanged (tubes, lines, devices).
+    """
     started = time.perf_counter()
     native = source.image
     box = Letterbox.fit(native.shape, engines.model.image_size)
-    result_m = attribute(engines, box.to_model(native), cfg, on_step=on_step)
+    keep, keep_sha = _keep_mask(keep_mask, native) if keep_mask else (None, None)
+    keep_model = None if keep is None else box.to_model(keep)
+    result_m = attribute(engines, box.to_model(native), cfg, on_step=on_step, keep=keep_model)
     signed_map = box.to_native(result_m.signed_map).astype(np.float32)
     cf_native = box.to_native(result_m.counterfactual)
+    uncertainty = None if result_m.uncertainty is None else box.to_native(result_m.uncertainty).astype(np.float32)
     description = (
         f"signed map M = {cfg.resolved_reference.value} - counterfactual ({cfg.mode.value}), "
         "computed at model resolution, resized to native"
     )
-    settings_sha = settings_sha256(cfg, provenance, "attribution", options)
+    if keep is not None:
+        description += "; the keep mask's region is held unchanged (M = 0 there)"
+    settings_sha = attribution_settings_sha256(cfg, provenance, options, keep_sha)
     result = _result(cfg, source, engines, description, result_m.timings.stages, started, provenance, settings_sha)
+    if keep_sha:
+        result["input"]["keep_mask_sha256"] = keep_sha
     vmax = _display(result, signed_map)
     extra = _dicom_extra(source, cf_native, signed_map, provenance, result, "attribution", options, vmax)
     out_dir = out_root / source.key
     titles = ("input", "normal counterfactual", f"{cfg.resolved_reference.value} - counterfactual")
-    write_outputs(out_dir, native, cf_native, signed_map, vmax, result, titles=titles, extra=extra)
+    if uncertainty is not None:
+        result["uncertainty"] = {
+            "file": "uncertainty.npy",
+            "what": f"per-pixel standard deviation of the {cfg.average} per-seed maps (model resolution, resized)",
+            "mean": float(uncertainty.mean()),
+        }
+    write_outputs(
+        out_dir, native, cf_native, signed_map, vmax, result, titles=titles, extra=extra, uncertainty=uncertainty
+    )
     return out_dir
 
 

@@ -14,8 +14,15 @@ VAE latent of the input and ``T`` the strength's timestep:
 - ``paired``: the same noised ``x_T`` denoised once toward ``finding_prompt`` and
   once toward the target prompt; ``M`` = their decoded difference.
 
+``keep`` (a pixel mask: tubes, lines, devices) holds a region unchanged (as RadEdit): after every
+DDIM step the counterfactual's latents inside it are replaced by the reconstruction branch's (the
+same start denoised with the source conditioning, run for this even when it is not the reference),
+and the decoded counterfactual takes the reference's pixels there through a feathered mask, so
+``M`` is exactly 0 inside the region.
+
 ``average`` > 1 repeats a stochastic mode with seeds ``seed, seed+1, ...`` and
-averages the decoded images.
+averages the decoded images; the per-pixel standard deviation of the per-seed maps is the
+map's uncertainty (how much the answer depends on the noise drawn).
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald.config import Mode, Reference, RunConfig, SchedulerKind
-from vald.errors import ConfigError
+from vald.errors import ConfigError, InputError
+from vald.induce import feather, latent_mask
 from vald.pipeline import (
     Branch,
     Engines,
@@ -37,7 +45,16 @@ from vald.pipeline import (
     make_batched_denoiser,
     text_states,
 )
-from vald.sampling import Array, Denoiser, OnStep, add_noise, invert_ddim, sample_ddim, sample_dpmpp_2m
+from vald.sampling import (
+    Array,
+    Constrain,
+    Denoiser,
+    OnStep,
+    add_noise,
+    invert_ddim,
+    sample_ddim,
+    sample_dpmpp_2m,
+)
 from vald.schedules import DdimPlan, DpmPlan, plan_ddim, plan_dpmpp_2m
 from vald.spec import Component
 
@@ -51,6 +68,7 @@ class Attribution:
     counterfactual: F32
     reference: F32
     timings: Timings
+    uncertainty: F32 | None = None  # per-pixel std of the per-seed maps (average > 1), else None
 
     @property
     def signed_map(self) -> F32:
@@ -84,7 +102,14 @@ def check_against_model(engines: Engines, cfg: RunConfig) -> None:
 
 
 def _sample(
-    denoiser: Denoiser, x_t: Array, plan: DdimPlan | DpmPlan, eta: float, seed: int, progress: _Progress, copies: int
+    denoiser: Denoiser,
+    x_t: Array,
+    plan: DdimPlan | DpmPlan,
+    eta: float,
+    seed: int,
+    progress: _Progress,
+    copies: int,
+    constrain: Constrain | None = None,
 ) -> Array:
     """Denoise ``x_t`` (``copies`` stacked passes from one start) from the plan's first timestep to x_0.
 
@@ -93,10 +118,31 @@ def _sample(
     if isinstance(plan, DpmPlan):
         return sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress)
     if eta == 0:
-        return sample_ddim(denoiser, x_t, plan, on_step=progress)
+        return sample_ddim(denoiser, x_t, plan, on_step=progress, constrain=constrain)
     single = (x_t.shape[0] // copies, *x_t.shape[1:])
     noises = [np.concatenate([n] * copies) for n in draw_noise(seed + 7_919, single, len(plan.timesteps))]
-    return sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress)
+    return sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress, constrain=constrain)
+
+
+def _hold(keep01: F32, factor: int) -> Constrain:
+    """After each step, the first copy (the counterfactual) takes the second's latents inside the region."""
+    inside = latent_mask(keep01, factor).astype(np.float64)
+
+    def constrain(x_prev: NDArray[np.float64], _i: int) -> NDArray[np.float64]:
+        out = x_prev.copy()
+        out[:1] = inside * x_prev[1:2] + (1.0 - inside) * x_prev[:1]
+        return out
+
+    return constrain
+
+
+def _check_keep(keep01: F32, image01: F32, plan: DdimPlan | DpmPlan) -> None:
+    if keep01.shape != image01.shape:
+        raise InputError(f"keep mask shape {keep01.shape} does not match the image {image01.shape}")
+    if not np.any(keep01 > 0.5):
+        raise InputError("the keep mask is empty: nothing to keep")
+    if isinstance(plan, DpmPlan):
+        raise ConfigError("--keep-mask needs scheduler=ddim")
 
 
 def _passes(cfg: RunConfig) -> int:
@@ -104,10 +150,17 @@ def _passes(cfg: RunConfig) -> int:
     return 2 if cfg.mode is Mode.INVERSION else cfg.average
 
 
-def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep | None = None) -> Attribution:
-    """Counterfactual and reference of ``image01`` (``[S, S]`` in [0, 1], ``S = engines.model.image_size``)."""
+def attribute(
+    engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep | None = None, keep: F32 | None = None
+) -> Attribution:
+    """Counterfactual and reference of ``image01`` (``[S, S]`` in [0, 1], ``S = engines.model.image_size``).
+
+    ``keep``: an optional ``[S, S]`` mask (white = hold unchanged), see the module docstring.
+    """
     timings = Timings()
     plan = _plan(engines, cfg)
+    if keep is not None:
+        _check_keep(keep, image01, plan)
     progress = _Progress(_passes(cfg) * len(plan.timesteps), on_step)
     negative, target, source = np.split(
         text_states(engines, [cfg.negative_prompt, cfg.prompt, cfg.finding_prompt], timings), 3
@@ -130,11 +183,13 @@ def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep
         starts = [(add_noise(z, draw_noise(s, z.shape, 1)[0], alpha_bar), s) for s in seeds]
     # the counterfactual and the reconstruction step from the same start at the same timesteps: one UNet call
     recon = cfg.resolved_reference is Reference.RECONSTRUCTION
-    branches = [to_target, to_source] if recon else [to_target]
+    branches = [to_target, to_source] if recon or keep is not None else [to_target]
+    hold = None if keep is None else _hold(keep, engines.model.vae_scale_factor)
     denoiser = make_batched_denoiser(unet, branches, timings)
     cfs, refs = [], []
     for x_t, seed in starts:
-        x0 = _sample(denoiser, np.concatenate([x_t] * len(branches)), plan, cfg.eta, seed, progress, len(branches))
+        stacked = np.concatenate([x_t] * len(branches))
+        x0 = _sample(denoiser, stacked, plan, cfg.eta, seed, progress, len(branches), hold)
         cfs.append(decode_latents(engines, x0[:1], timings))
         if recon:
             refs.append(decode_latents(engines, x0[1:], timings))
@@ -145,4 +200,13 @@ def attribute(engines: Engines, image01: F32, cfg: RunConfig, *, on_step: OnStep
         reference = decode_latents(engines, z, timings)
     else:
         reference = image01.astype(np.float32)
-    return Attribution(counterfactual, reference, timings)
+    outside = np.ones_like(counterfactual)
+    if keep is not None:  # the reference's own pixels inside the kept region: M is 0 there
+        region = (keep > 0.5).astype(np.float32)
+        outside = (1.0 - np.maximum(region, feather(region, sigma=max(1.0, keep.shape[0] / 128)))).astype(np.float32)
+        counterfactual = (outside * counterfactual + (1.0 - outside) * reference).astype(np.float32)
+    uncertainty = None
+    if len(cfs) > 1:
+        maps = np.stack(refs) - np.stack(cfs) if recon else reference[None] - np.stack(cfs)
+        uncertainty = (maps.std(axis=0) * outside).astype(np.float32)
+    return Attribution(counterfactual, reference, timings, uncertainty)

@@ -30,13 +30,14 @@ from vald.config import (
     SchedulerKind,
 )
 from vald.dicom.reader import MODALITIES
-from vald.errors import ValdError
+from vald.errors import ConfigError, ValdError
 from vald.lock import claim
 from vald.manifest import MANIFEST_NAME
 from vald.signals import deferred, exit_status, stop_on_signals, stopped_by
 from vald.sources import Source, load
 
 DEFAULT_ENGINES = Path("engines/demo")
+FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 INTERNAL = 70  # EX_SOFTWARE: an internal error (a bug in vald)
 BAR = 30  # width of the progress bar on a terminal
 
@@ -64,6 +65,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--precision", choices=[x.value for x in Precision], help="fp32 (default), fp16, bf16 (openvino, torch)"
     )
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default 0: one per available CPU)")
+    p.add_argument(
+        "--cuda-graph", action="store_true", default=None, help="onnxruntime on cuda: run the UNet as CUDA graphs"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output (failures are still reported)")
     p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
     p.add_argument("--no-dicom-out", action="store_true", help="no derived DICOM objects for DICOM inputs")
@@ -84,7 +88,10 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--reference", choices=[r.value for r in Reference], help="map against the input or the reconstruction"
     )
     p.add_argument("--finding-prompt", help="the finding's text (paired: required; inversion: inversion prompt)")
-    p.add_argument("--average", type=int, help="seeds averaged in img2img/paired (default 1)")
+    p.add_argument("--average", type=int, help="seeds averaged in img2img/paired (default 1); adds uncertainty.npy")
+    p.add_argument(
+        "--keep-mask", type=Path, help="mask at the input's size; its white region is held unchanged (one input)"
+    )
     p = sub.add_parser("induce", help="add a named finding inside a mask (masked img2img)")
     p.add_argument("image", type=Path, help="input image: DICOM (CR/DX), PNG, JPEG or TIFF")
     p.add_argument("--mask", type=Path, required=True, help="mask image, same size as the input; white = inside")
@@ -126,6 +133,31 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("--config", Path, "TOML file of run settings"),
     ):
         p.add_argument(name, type=kind, help=text)
+
+
+def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="FID, SSIM/MS-SSIM, attribution metrics and a classifier check of the counterfactuals of a data set",
+    )
+    p.add_argument("dataset", type=Path, help="folder in the COVID-19 Radiography Database layout (<Class>/images)")
+    p.add_argument("--engines", type=Path, default=DEFAULT_ENGINES, help="engine folder (default engines/demo)")
+    p.add_argument("--out", type=Path, required=True, help="where eval.json and eval.md go")
+    p.add_argument("--inception", type=Path, help=f"local copy of the FID Inception weights ({FID_WEIGHTS})")
+    p.add_argument("--classifier", type=Path, help="ONNX classifier for the flip-rate check (see the README)")
+    p.add_argument("--per-class", type=int, help="use the first N images of each class (default: all)")
+    p.add_argument("--config", type=Path, help="TOML file of run settings")
+    p.add_argument("--prompt", help="target (normal) prompt")
+    p.add_argument("--mode", choices=[m.value for m in Mode])
+    p.add_argument("--reference", choices=[r.value for r in Reference])
+    for name, kind in (("--strength", float), ("--steps", int), ("--guidance", float), ("--seed", int)):
+        p.add_argument(name, type=kind)
+    p.add_argument("--average", type=int)
+    p.add_argument("--backend", choices=[b.value for b in Backend])
+    p.add_argument("--provider", choices=[x.value for x in Provider])
+    p.add_argument("--precision", choices=[x.value for x in Precision])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--quiet", action="store_true")
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_parser(sub)  # also adds `induce`
     _verify_parser(sub)
     _bench_parser(sub)
+    _eval_parser(sub)
     _serve_parser(sub)
     _export_parser(sub)
     return parser
@@ -182,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     cfg = RunConfig.from_toml(args.config, base) if args.config else base
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
-    names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads"]
+    names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads", "cuda_graph"]
     return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
 
@@ -231,20 +264,31 @@ def _cmd_induce(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vald.app import open_engines, run_one, settings_sha256
+    from vald.app import attribution_settings_sha256, open_engines, run_one
     from vald.batch import Entry, Status, collect, run_batch
     from vald.report import write_report
+    from vald.sources import read_sha256
 
     cfg = _config(args, RunConfig())
     inputs = collect(args.inputs, out=args.out)
+    if args.keep_mask and len(inputs) != 1:
+        raise ConfigError(f"--keep-mask applies to one input, not {len(inputs)}: run each image with its own mask")
+    keep_sha = read_sha256(args.keep_mask) if args.keep_mask else None
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
     options = _options(args)
-    settings_sha = settings_sha256(cfg, provenance, "attribution", options)
+    settings_sha = attribution_settings_sha256(cfg, provenance, options, keep_sha)
 
     def process(source: Source, entry: Entry) -> Path:
         prefix = f"[{entry.index}/{len(inputs)}] "
         return run_one(
-            source, args.out, engines, provenance, cfg, options=options, on_step=_progress(args.quiet, prefix)
+            source,
+            args.out,
+            engines,
+            provenance,
+            cfg,
+            options=options,
+            on_step=_progress(args.quiet, prefix),
+            keep_mask=args.keep_mask,
         )
 
     def event(entry: Entry, total: int) -> None:
@@ -330,6 +374,39 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        from vald.eval.run import evaluate
+    except ImportError as exc:
+        raise ValdError(f"`vald eval` needs the eval extra: pip install 'vald[eval]' ({exc.name} is missing)") from None
+    from vald.bench.environment import environment
+    from vald.eval.classifier import Classifier
+    from vald.eval.dataset import read_eval_set
+    from vald.eval.inception import load_fid_inception
+
+    if args.per_class is not None and args.per_class < 1:
+        raise ConfigError("--per-class must be at least 1")
+    cfg = _config(args, RunConfig())
+    data = read_eval_set(args.dataset, args.per_class)
+    inception = load_fid_inception(args.inception) if args.inception else None
+    classifier = Classifier(args.classifier) if args.classifier else None
+    if inception is None:
+        print("vald: FID not computed: no --inception weights file given", file=sys.stderr)
+    path = evaluate(
+        data,
+        args.engines,
+        cfg,
+        args.out,
+        inception=inception,
+        classifier=classifier,
+        environment=environment(),
+        log=(lambda _line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+    )
+    print(path.with_suffix(".md").read_text(encoding="utf-8"))
+    print(path)
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from vald.node import service
     from vald.node.config import NodeConfig
@@ -372,7 +449,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command."""
-    commands = {"run": _cmd_run, "induce": _cmd_induce, "verify": _cmd_verify, "bench": _cmd_bench, "serve": _cmd_serve}
+    commands = {
+        "run": _cmd_run,
+        "induce": _cmd_induce,
+        "verify": _cmd_verify,
+        "bench": _cmd_bench,
+        "eval": _cmd_eval,
+        "serve": _cmd_serve,
+    }
     if args.command in commands:
         return commands[args.command](args)
     try:

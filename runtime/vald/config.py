@@ -121,6 +121,7 @@ class RunConfig:
     provider: Provider = Provider.CPU
     precision: Precision = Precision.FP32
     threads: int = 0  # intra-op threads of the backend; 0 = one per CPU this process may use
+    cuda_graph: bool = False  # capture the UNet in CUDA graphs (backend onnxruntime, provider cuda)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -145,6 +146,10 @@ class RunConfig:
             raise ConfigError(
                 f"precision={self.precision.value} is not available on backend={self.backend.value}; it runs: {allowed}"
             )
+        if not isinstance(self.cuda_graph, bool):
+            raise ConfigError("cuda_graph must be true or false")
+        if self.cuda_graph and (self.backend, self.provider) != (Backend.ONNXRUNTIME, Provider.CUDA):
+            raise ConfigError("cuda_graph needs backend=onnxruntime and provider=cuda")
         if self.backend is Backend.TENSORRT and self.provider is not Provider.CUDA:
             raise ConfigError(f"backend=tensorrt runs on provider=cuda, not {self.provider.value}: add --provider cuda")
         self._check_mode()

@@ -36,6 +36,8 @@ RESULT = "result.json"
 INDUCED = "induced.png"
 INPUT = "input.png"
 HEATMAP = "heatmap.png"
+UNCERTAINTY = "uncertainty.npy"  # per-pixel std of the per-seed maps (--average > 1)
+UNCERTAINTY_PNG = "uncertainty.png"  # the same, grey, white at the map's colour limit
 
 
 STAGING, REPLACED = ".partial-", ".replaced-"  # name parts of a set being written and of the set it replaces
@@ -212,6 +214,7 @@ def write_outputs(
     image_name: str = COUNTERFACTUAL,
     titles: tuple[str, str, str] = TITLES,
     extra: Mapping[str, bytes] | None = None,
+    uncertainty: NDArray[np.float32] | None = None,
 ) -> dict[str, Path]:
     """Publish one input's output set (native resolution) with :func:`publish_set`.
 
@@ -219,6 +222,7 @@ def write_outputs(
     generated image's PNG (``induced.png`` for induction); ``titles`` label the triptych's panels;
     ``extra`` are further files (the derived DICOM objects).  ``input.png`` is the input as the model
     saw it (after the DICOM grey-level transforms) and ``heatmap.png`` the map alone as RGBA.
+    ``uncertainty`` (the per-seed maps' std) adds ``uncertainty.npy`` and ``uncertainty.png``.
     """
     npy = io.BytesIO()
     np.save(npy, signed_map.astype(np.float32), allow_pickle=False)
@@ -232,4 +236,9 @@ def write_outputs(
         HEATMAP: png_rgba(heat_rgba(signed_map, vmax)),
         **(extra or {}),
     }
+    if uncertainty is not None:
+        std = io.BytesIO()
+        np.save(std, uncertainty.astype(np.float32), allow_pickle=False)
+        files[UNCERTAINTY] = std.getvalue()
+        files[UNCERTAINTY_PNG] = png16(np.clip(uncertainty / max(vmax, 1e-12), 0.0, 1.0).astype(np.float32))
     return publish_set(out_dir, files, result)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from vald.batch import Status, Summary
-from vald.outputs import COUNTERFACTUAL, HEATMAP, INDUCED, INPUT, RESULT, write_atomic
+from vald.outputs import COUNTERFACTUAL, HEATMAP, INDUCED, INPUT, RESULT, UNCERTAINTY_PNG, write_atomic
 from vald.render import CAUTION
 
 REPORT = "report.html"
@@ -119,8 +119,20 @@ def _case(index: int, key: str, status: str, result: dict[str, Any]) -> str:
  alt="heat map" style="opacity:0.8"></div>
 <figcaption>heat map: {html.escape(_meaning(result))}. Opacity
 <input type="range" min="0" max="100" value="80" aria-label="heat-map opacity"
- oninput="setOpacity('{heat_id}', this.value)">{_scale(result)}</figcaption></figure>
+ oninput="setOpacity('{heat_id}', this.value)">{_scale(result)}</figcaption></figure>{_uncertainty(key, result)}
 </div></div>"""
+
+
+def _uncertainty(key: str, result: dict[str, Any]) -> str:
+    """The uncertainty panel, when the input was averaged over seeds."""
+    if "uncertainty" not in result:
+        return ""
+    seeds = len(result.get("settings", {}).get("seeds", []))
+    return (
+        f'\n<figure><img class="panel" src="{key}/{UNCERTAINTY_PNG}" alt="uncertainty">'
+        f"<figcaption>uncertainty: per-pixel std of the map over {seeds} seeds "
+        "(white = the colour limit of the heat map)</figcaption></figure>"
+    )
 
 
 def write_report(out_root: Path, summary: Summary) -> Path:

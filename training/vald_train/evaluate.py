@@ -17,9 +17,9 @@ from scipy.ndimage import gaussian_filter
 
 from vald.attribution import attribute
 from vald.config import RunConfig
+from vald.eval.metrics import attribution_scores, normal_scores
 from vald.pipeline import Engines, Timings, decode_latents, encode_image
 from vald_train.data import held_out_seeds
-from vald_train.metrics import attribution_scores, normal_scores
 from vald_train.phantoms import ABNORMAL, Finding, Phantom, make_phantom
 
 F32 = NDArray[np.float32]

@@ -29,8 +29,8 @@ class Architecture:
     """Sizes of the three networks."""
 
     image_size: int = 128
-    vae_blocks: tuple[int, ...] = (16, 32, 64, 64)  # f = 2 ** (len - 1) = 8
-    latent_channels: int = 8
+    vae_blocks: tuple[int, ...] = (32, 64, 128, 128)  # f = 2 ** (len - 1) = 8
+    latent_channels: int = 16
     hidden: int = 64
     text_layers: int = 2
     max_length: int = 32

@@ -3,6 +3,14 @@
 On the CPU provider, the graph ONNX Runtime optimises on the first start is saved in the engine cache,
 keyed by the source graph's sha256, the onnxruntime version and this CPU's instruction-set flags, and is
 loaded with optimisation off on later starts: start-up does not redo the graph rewriting every time.
+
+On the CUDA provider every run goes through **IO binding** (:class:`BoundRunner`): per input shape, input and
+output buffers are allocated on the device once and kept, inputs are copied into them in place, and outputs
+stay there until copied back, so repeated shapes (every UNet step) allocate nothing.  Fixed buffers are
+what the CUDA EP's **CUDA graphs** need: with ``cuda_graph`` (``--cuda-graph``) the UNet's session is opened
+with ``enable_cuda_graph`` and each input shape gets its own captured graph (``gpu_graph_id``).  The binding
+logic runs on the CPU provider in the tests; the CUDA paths are written against the documented onnxruntime
+API and have not been run here.
 """
 
 from __future__ import annotations
@@ -52,6 +60,50 @@ def _options(threads: int, *, optimize: bool, save_to: Path | None) -> Any:
     return options
 
 
+class BoundRunner:
+    """IO binding with buffers kept per input shape on ``device`` ('cuda' on GPUs, 'cpu' in the tests)."""
+
+    def __init__(self, session: Any, inputs: list[str], outputs: list[str], device: str, *, graphs: bool) -> None:
+        self._session, self._inputs, self._outputs, self._device = session, inputs, outputs, device
+        self._graphs = graphs
+        self._bound: dict[tuple[Any, ...], tuple[dict[str, Any], Any, Any]] = {}
+
+    def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
+        """Copy inputs into this shape's buffers, run, copy outputs back (as float32)."""
+        import onnxruntime as ort
+
+        arrays = {n: np.ascontiguousarray(feeds[n]) for n in self._inputs}
+        key = tuple((n, a.shape, a.dtype.str) for n, a in arrays.items())
+        entry = self._bound.get(key)
+        if entry is None:
+            values = {n: ort.OrtValue.ortvalue_from_numpy(a, self._device, 0) for n, a in arrays.items()}
+            binding = self._session.io_binding()
+            for name, value in values.items():
+                binding.bind_ortvalue_input(name, value)
+            for name in self._outputs:
+                binding.bind_output(name, self._device)
+            options = ort.RunOptions()
+            if self._graphs:  # one captured graph per input shape; ids from 1 (-1 would mean: do not capture)
+                options.add_run_config_entry("gpu_graph_id", str(len(self._bound) + 1))
+            self._session.run_with_iobinding(binding, options)
+            for name, value in zip(self._outputs, binding.get_outputs(), strict=True):
+                binding.bind_ortvalue_output(name, value)  # the same buffers, at the same addresses, from now on
+            entry = self._bound[key] = (values, binding, options)
+        else:
+            values, binding, options = entry
+            for name, array in arrays.items():
+                values[name].update_inplace(array)
+            self._session.run_with_iobinding(binding, options)
+        _, binding, _ = entry
+        copies = binding.copy_outputs_to_cpu()
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self._outputs, copies, strict=True)}
+
+    @property
+    def shapes(self) -> int:
+        """How many input shapes have buffers (and, with CUDA graphs, a captured graph)."""
+        return len(self._bound)
+
+
 class OrtSession(BoundSession):
     """One ONNX graph in an ``onnxruntime.InferenceSession``.
 
@@ -71,6 +123,8 @@ class OrtSession(BoundSession):
         optimized: bool = False,
         save_optimized: Path | None = None,
         graph: str = "",
+        bind: str | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         import onnxruntime as ort
 
@@ -94,10 +148,17 @@ class OrtSession(BoundSession):
             raise BackendUnavailableError(
                 f"onnxruntime did not start {wanted} for {spec.component} (got {self._session.get_providers()})"
             )
-        self._info = SessionInfo("onnxruntime", wanted, precision.value, threads, graph=graph, cached=optimized)
+        device = wanted + ("+cuda-graph" if cuda_graph else "") + ("+io-binding" if bind else "")
+        self._info = SessionInfo("onnxruntime", device, precision.value, threads, graph=graph, cached=optimized)
+        self._runner = None
+        if bind is not None:
+            names = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
+            self._runner = BoundRunner(self._session, *names, bind, graphs=cuda_graph)
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run the graph; outputs as float32."""
+        if self._runner is not None:
+            return self._runner.run(feeds)
         names = [t.name for t in self._spec.outputs]
         values = self._session.run(names, {t.name: np.ascontiguousarray(feeds[t.name]) for t in self._spec.inputs})
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
@@ -204,15 +265,19 @@ def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, Ort
             path, optimized, publish = _cached_graph(manifest, rel, hashes[rel])
         else:
             path, optimized, publish = source, False, None  # GPU providers keep their own caches
+        graphs = cfg.cuda_graph and component is Component.UNET  # the network called with static shapes
+        component_providers = [(providers[0], {"enable_cuda_graph": "1"})] if graphs else providers
         sessions[component] = OrtSession(
             path,
             manifest.specs[component],
-            providers,
+            component_providers,
             threads=cfg.resolved_threads,
             precision=cfg.precision,
             optimized=optimized,
             save_optimized=publish[0] if publish else None,
             graph=rel,
+            bind="cuda" if cfg.provider is Provider.CUDA else None,
+            cuda_graph=graphs,
         )
         if publish is not None:
             _publish(manifest, *publish)

@@ -1,7 +1,8 @@
 """Attribution quality against phantom ground truth, and image similarity.
 
-All images are ``[H, W]`` float arrays in [0, 1]; maps are signed float arrays;
-masks are boolean.  Protocols: pixel AUROC and Dice after an Otsu threshold of
+One implementation for ``vald eval``, the attribution benchmark and the training recipe's evaluation
+(needs scipy: ``pip install 'vald[eval]'``).  All images are ``[H, W]`` float arrays in [0, 1]; maps are
+signed float arrays; masks are boolean.  Protocols: pixel AUROC and Dice after an Otsu threshold of
 ``|M|`` against the lesion mask (Wolleb et al. 2022); normalised
 cross-correlation of the signed map with the true map (Baumgartner et al. 2018).
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import correlate1d
 from scipy.stats import rankdata
 
 F = NDArray[np.floating]
@@ -59,21 +60,56 @@ def removal(abnormal: F, counterfactual: F, twin: F, mask: B) -> float:
     return float((abnormal - counterfactual)[mask].sum()) / truth if truth != 0.0 else float("nan")
 
 
-def ssim_map(x: F, y: F, sigma: float = 1.5, data_range: float = 1.0) -> NDArray[np.float64]:
-    """Per-pixel SSIM (Wang et al. 2004) with a Gaussian window."""
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    x, y = x.astype(np.float64), y.astype(np.float64)
-    mx, my = gaussian_filter(x, sigma), gaussian_filter(y, sigma)
-    vx = gaussian_filter(x * x, sigma) - mx * mx
-    vy = gaussian_filter(y * y, sigma) - my * my
-    cxy = gaussian_filter(x * y, sigma) - mx * my
-    out: NDArray[np.float64] = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+WINDOW = 11  # Gaussian window taps (sigma 1.5): skimage's gaussian_weights=True, pytorch-msssim's default
+SIGMA = 1.5
+
+
+def _gaussian_window() -> NDArray[np.float64]:
+    offsets = np.arange(WINDOW, dtype=np.float64) - WINDOW // 2
+    g = np.exp(-(offsets**2) / (2 * SIGMA**2))
+    out: NDArray[np.float64] = g / g.sum()
     return out
 
 
+def _filter(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Gaussian-weighted local mean (borders reflected)."""
+    g = _gaussian_window()
+    out: NDArray[np.float64] = correlate1d(correlate1d(a, g, axis=0, mode="reflect"), g, axis=1, mode="reflect")
+    return out
+
+
+def _valid(a: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The region where the whole window lies inside the image."""
+    r = WINDOW // 2
+    return a[r:-r, r:-r]
+
+
+def _ssim_terms(x: F, y: F, data_range: float = 1.0) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Per-pixel (SSIM, contrast-structure) maps, full size (Wang et al. 2004)."""
+    if min(x.shape) < WINDOW:
+        raise ValueError(f"SSIM needs images of at least {WINDOW}x{WINDOW} pixels")
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    xs, ys = x.astype(np.float64), y.astype(np.float64)
+    mx, my = _filter(xs), _filter(ys)
+    vx = _filter(xs * xs) - mx * mx
+    vy = _filter(ys * ys) - my * my
+    cxy = _filter(xs * ys) - mx * my
+    cs = (2 * cxy + c2) / (vx + vy + c2)
+    return ((2 * mx * my + c1) / (mx * mx + my * my + c1)) * cs, cs
+
+
+def ssim_map(x: F, y: F) -> NDArray[np.float64]:
+    """Per-pixel SSIM, the images' size (borders reflected; for SSIM inside or outside a mask)."""
+    return _ssim_terms(x, y)[0]
+
+
 def ssim(x: F, y: F) -> float:
-    """Mean SSIM."""
-    return float(ssim_map(x, y).mean())
+    """Mean SSIM, data range 1: 11-tap Gaussian window (sigma 1.5), population statistics, valid region.
+
+    Equals ``skimage.metrics.structural_similarity(x, y, data_range=1, gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)`` (checked in tests/test_metrics.py).
+    """
+    return float(_valid(ssim_map(x, y)).mean())
 
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -82,20 +118,17 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 def ms_ssim(x: F, y: F, scales: int = 3) -> float:
     """Multi-scale SSIM (Wang et al. 2003) over ``scales`` dyadic scales, weights renormalised.
 
-    Three scales by default: at 128² the five scales of the original paper leave 8×8 images.
+    Three scales by default: at 128² the five scales of the original paper leave 8×8 images, smaller than
+    the window.  Per scale the contrast-structure mean (the SSIM mean at the coarsest), clipped at 0, raised
+    to its weight; 2×2 averaging between scales.  Equals ``pytorch_msssim.ms_ssim`` with the same
+    (renormalised) weights on even-sized images (checked in tests/test_metrics.py).
     """
     weights = np.array(MS_SSIM_WEIGHTS[:scales]) / sum(MS_SSIM_WEIGHTS[:scales])
-    c2 = 0.03**2
     value = 1.0
     for level in range(scales):
-        xs, ys = x.astype(np.float64), y.astype(np.float64)
-        mx, my = gaussian_filter(xs, 1.5), gaussian_filter(ys, 1.5)
-        vx = gaussian_filter(xs * xs, 1.5) - mx * mx
-        vy = gaussian_filter(ys * ys, 1.5) - my * my
-        cxy = gaussian_filter(xs * ys, 1.5) - mx * my
-        cs = float(np.mean((2 * cxy + c2) / (vx + vy + c2)))
-        term = ssim(x, y) if level == scales - 1 else cs
-        value *= max(term, 1e-6) ** weights[level]
+        s_map, cs_map = _ssim_terms(x, y)
+        term = float(_valid(s_map if level == scales - 1 else cs_map).mean())
+        value *= max(term, 0.0) ** weights[level]
         h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
         x = x[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
         y = y[:h, :w].reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
