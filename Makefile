@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 
-.PHONY: setup demo retrain bench bench-quick bench-attribution test lint clean
+.PHONY: setup demo retrain bench bench-quick bench-attribution bench-eval test lint clean
 
 setup: $(SETUP)
 
@@ -35,6 +35,7 @@ demo: $(RUN_SETUP)
 retrain: setup
 	$(PY) -m vald_train build/train/demo
 	$(PY) -m vald_train.ship build/train/demo --out engines/demo
+	$(PY) -m vald_train.classifier --out engines/classifier --data build/train/demo/data.npz
 
 # Latency, memory and accuracy of every backend against the PyTorch reference (JSON, tables and a plot in
 # benchmarks/results).  The SD1.5-size model is built and exported into build/ first if absent (~12 min).
@@ -47,6 +48,15 @@ bench-quick: setup
 # Attribution quality on held-out phantoms (tables, JSON and the sweep plot in benchmarks/results).
 bench-attribution: setup
 	$(PY) benchmarks/attribution.py --engines engines/demo --out benchmarks/results
+
+# `vald eval` on 200 held-out phantoms (40 per type, PNG in the COVID-19 Radiography Database layout) with the
+# shipped phantom classifier; FID too when FID_WEIGHTS names a local pt_inception-2015-12-05-6726825d.pth.
+FID_WEIGHTS ?=
+bench-eval: setup
+	rm -rf build/eval-phantoms
+	$(PY) -m vald_train.dataset build/eval-phantoms --per-type 40
+	$(VENV)/bin/vald eval build/eval-phantoms --engines engines/demo --classifier engines/classifier/phantom_classifier.onnx \
+		--out benchmarks/results/eval-phantoms $(if $(FID_WEIGHTS),--inception $(FID_WEIGHTS),)
 
 lint: setup
 	$(VENV)/bin/ruff check runtime export training tests benchmarks

@@ -62,7 +62,9 @@ timeout 180 "$PY" -m pytest -q -m "gpu or tensorrt" tests 2>&1 | tee "$RESULTS/g
 
 # 5. benchmark: the GPU contenders that this machine can start (the others are skipped by vald bench with a reason)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-timeout 240 "$VENV/bin/vald" bench --engines engines/demo --contenders "torch fp32,torch fp16 cuda" \
+GPU_CONTENDERS="torch fp32,torch fp32 cuda,torch fp16 cuda,vald onnxruntime fp32 cuda,vald onnxruntime fp16 cuda"
+GPU_CONTENDERS="$GPU_CONTENDERS,vald onnxruntime fp16 tensorrt-ep,vald tensorrt fp16"
+timeout 240 "$VENV/bin/vald" bench --engines engines/demo --contenders "$GPU_CONTENDERS" \
     --size 128 --size 512 --repeats 3 --out "$RESULTS/gpu-$stamp" \
     || skip "benchmark" "vald bench failed or ran out of time (see above)"
 say "done; results in $RESULTS/gpu-*"

@@ -126,9 +126,11 @@ def bench_subject(
                 row: dict[str, Any] = {"model": subject.name, "size": size, "contender": c.name}
                 reason = c.unavailable(mode=cfg.mode, cuda=cuda)
                 if reason is None and c.kind == "vald" and c.backend.value != "torch":
-                    graphs = Manifest.load(subject.engines).precisions
-                    if c.precision.value == "fp16" and "fp16" not in {p.value for p in graphs}:
+                    manifest = Manifest.load(subject.engines)
+                    if c.precision.value == "fp16" and "fp16" not in {p.value for p in manifest.precisions}:
                         reason = "the engine folder has no FP16 graphs"
+                    if c.backend.value == "tensorrt" and size != manifest.model.image_size:
+                        reason = f"native TensorRT engines run at the model's own size ({manifest.model.image_size}²)"
                 if reason is not None:
                     size_rows.append({**row, "skipped": reason})
                     log(f"{subject.name} {size}²: {c.name}: skipped ({reason})")
