@@ -208,12 +208,12 @@ def attribution_settings_sha256(
     return _sha(settings_sha + keep_mask_sha256) if keep_mask_sha256 else settings_sha
 
 
-def _keep_mask(path: Path, native: NDArray[np.float32]) -> tuple[NDArray[np.float32], str]:
-    """The keep mask at the input's size, and its hash; InputError naming the cause."""
-    mask_sha = read_sha256(path)
+def _read_mask(path: Path, native: NDArray[np.float32], what: str) -> tuple[NDArray[np.float32], str]:
+    """A mask that must have the input's size, and its hash; InputError naming the cause."""
+    mask_sha = read_sha256(path)  # InputError naming the cause when the mask cannot be read
     mask = read_image(path)
     if mask.shape != native.shape:
-        raise InputError(f"keep mask is {mask.shape[1]}x{mask.shape[0]}, image is {native.shape[1]}x{native.shape[0]}")
+        raise InputError(f"{what} is {mask.shape[1]}x{mask.shape[0]}, image is {native.shape[1]}x{native.shape[0]}")
     return mask, mask_sha
 
 
@@ -235,7 +235,7 @@ def run_one(
     started = time.perf_counter()
     native = source.image
     box = Letterbox.fit(native.shape, engines.model.image_size)
-    keep, keep_sha = _keep_mask(keep_mask, native) if keep_mask else (None, None)
+    keep, keep_sha = _read_mask(keep_mask, native, "keep mask") if keep_mask else (None, None)
     keep_model = None if keep is None else box.to_model(keep)
     result_m = attribute(engines, box.to_model(native), cfg, on_step=on_step, keep=keep_model)
     signed_map = box.to_native(result_m.signed_map).astype(np.float32)
@@ -280,12 +280,8 @@ def induce_one(
 ) -> Path:
     """Add ``cfg.prompt``'s finding inside the mask; outputs as ``run_one`` (the map is induced - input)."""
     started = time.perf_counter()
-    mask_sha = read_sha256(mask_path)  # InputError naming the cause when the mask cannot be read
-    native, mask_native = source.image, read_image(mask_path)
-    if mask_native.shape != native.shape:
-        raise InputError(
-            f"mask is {mask_native.shape[1]}x{mask_native.shape[0]}, image is {native.shape[1]}x{native.shape[0]}"
-        )
+    native = source.image
+    mask_native, mask_sha = _read_mask(mask_path, native, "mask")
     box = Letterbox.fit(native.shape, engines.model.image_size)
     induced = induce(engines, box.to_model(native), box.to_model(mask_native), cfg, on_step=on_step)
     change = box.to_native(induced.image) - box.to_native(box.to_model(native))
