@@ -133,3 +133,64 @@ def test_dpmpp_2m_matches_diffusers_step_by_step(config, steps, strength):
     final = sample_dpmpp_2m(denoiser, x_t, plan)
     for ours, theirs in zip([*states[1:], final], ref, strict=True):
         assert_close_scaled(ours, theirs)
+
+
+class TorchOps:
+    """The sampler's state as torch tensors (on a GPU these would be CUDA tensors: the latents stay there)."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+
+    def state(self, x):
+        return x.to(self.dtype) if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=self.dtype)
+
+    def net(self, x):
+        return x.to(torch.float32)
+
+    def clip(self, x, limit):
+        return x.clamp(-limit, limit)
+
+    def result(self, x):
+        return x.to(torch.float32)
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), [("float64", 1e-9), ("float32", 2e-5)])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[1], {**CONFIGS[0], "clip_sample": True}])
+def test_the_same_loop_runs_on_device_style_arrays(config, dtype, tolerance):
+    """One sampling loop, two array types: torch tensors in, torch tensors through every step, torch out."""
+    from vald.sampling import invert_ddim
+
+    ops = TorchOps(getattr(torch, dtype))
+    numpy_denoiser = make_fake_denoiser(config)
+    calls = []
+
+    def torch_denoiser(x, t):
+        assert isinstance(x, torch.Tensor) and x.dtype == torch.float32  # never a numpy array on the way
+        calls.append(t)
+        return torch.from_numpy(numpy_denoiser(x.numpy(), t))
+
+    rng = np.random.default_rng(3)
+    x0 = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    schedule = NoiseSchedule.from_config(config)
+    ddim, dpm = plan_ddim(schedule, 20, 0.7), plan_dpmpp_2m(schedule, 20, 0.7)
+    x_t = add_noise(x0, rng.standard_normal(x0.shape).astype(np.float32), ddim.start_alpha_bar)
+    noises = [rng.standard_normal(x0.shape).astype(np.float32) for _ in range(len(ddim.timesteps))]
+    pairs = [
+        (sample_ddim(numpy_denoiser, x_t, ddim), sample_ddim(torch_denoiser, torch.from_numpy(x_t), ddim, ops=ops)),
+        (
+            sample_ddim(numpy_denoiser, x_t, ddim, eta=0.5, noises=noises),
+            sample_ddim(torch_denoiser, torch.from_numpy(x_t), ddim, eta=0.5, noises=noises, ops=ops),
+        ),
+        (invert_ddim(numpy_denoiser, x0, ddim), invert_ddim(torch_denoiser, torch.from_numpy(x0), ddim, ops=ops)),
+    ]
+    if not config.get("clip_sample"):
+        pairs.append(
+            (
+                sample_dpmpp_2m(numpy_denoiser, x_t, dpm),
+                sample_dpmpp_2m(torch_denoiser, torch.from_numpy(x_t), dpm, ops=ops),
+            )
+        )
+    for host, device in pairs:
+        assert isinstance(device, torch.Tensor) and isinstance(host, np.ndarray)
+        np.testing.assert_allclose(device.numpy(), host, rtol=0, atol=tolerance)
+    assert calls  # the torch denoiser was what ran

@@ -115,13 +115,16 @@ def _sample(
 
     With eta > 0 every copy gets the same per-step noise, as if each were sampled alone with ``seed``.
     """
+    out: Array
     if isinstance(plan, DpmPlan):
-        return sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress)
-    if eta == 0:
-        return sample_ddim(denoiser, x_t, plan, on_step=progress, constrain=constrain)
-    single = (x_t.shape[0] // copies, *x_t.shape[1:])
-    noises = [np.concatenate([n] * copies) for n in draw_noise(seed + 7_919, single, len(plan.timesteps))]
-    return sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress, constrain=constrain)
+        out = sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress)
+    elif eta == 0:
+        out = sample_ddim(denoiser, x_t, plan, on_step=progress, constrain=constrain)
+    else:
+        single = (x_t.shape[0] // copies, *x_t.shape[1:])
+        noises = [np.concatenate([n] * copies) for n in draw_noise(seed + 7_919, single, len(plan.timesteps))]
+        out = sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress, constrain=constrain)
+    return out
 
 
 def _hold(keep01: F32, factor: int) -> Constrain:
