@@ -135,12 +135,16 @@ def ms_ssim(x: F, y: F, scales: int = 3) -> float:
     return value
 
 
+def localisation_scores(signed_map: F, mask: B) -> dict[str, float]:
+    """How well ``|M|`` points at the lesion mask: pixel AUROC and Dice after an Otsu threshold."""
+    magnitude = np.abs(signed_map)
+    return {"auroc": pixel_auroc(magnitude, mask), "dice_otsu": dice(magnitude > otsu_threshold(magnitude), mask)}
+
+
 def attribution_scores(abnormal: F, twin: F, mask: B, counterfactual: F, signed_map: F) -> dict[str, float]:
     """Every per-image metric of one abnormal case (the map may differ from ``abnormal - counterfactual``)."""
-    magnitude = np.abs(signed_map)
     return {
-        "auroc": pixel_auroc(magnitude, mask),
-        "dice_otsu": dice(magnitude > otsu_threshold(magnitude), mask),
+        **localisation_scores(signed_map, mask),
         "ncc": ncc(signed_map, abnormal - twin),
         "removal": removal(abnormal, counterfactual, twin, mask),
         "change_outside": float(np.abs(abnormal - counterfactual)[~mask].mean()),

@@ -29,7 +29,7 @@ from vald.eval.classifier import Classifier
 from vald.eval.dataset import Case, EvalSet
 from vald.eval.fid import fid
 from vald.eval.inception import InceptionFeatures
-from vald.eval.metrics import attribution_scores, dice, ms_ssim, otsu_threshold, pixel_auroc, ssim
+from vald.eval.metrics import attribution_scores, localisation_scores, ms_ssim, ssim
 from vald.imageio import Letterbox, read_image
 from vald.manifest import sha256_file
 from vald.outputs import write_atomic
@@ -51,14 +51,7 @@ def _case_metrics(case: Case, x: F32, cf: F32, signed: F32, size: int) -> dict[s
     if twin is not None:
         row |= {"ssim_cf_twin": ssim(cf, twin), "ms_ssim_cf_twin": ms_ssim(cf, twin)}
     if mask is not None and 0 < mask.sum() < mask.size:
-        if twin is not None:
-            row |= attribution_scores(x, twin, mask, cf, signed)
-        else:
-            magnitude = np.abs(signed)
-            row |= {
-                "auroc": pixel_auroc(magnitude, mask),
-                "dice_otsu": dice(magnitude > otsu_threshold(magnitude), mask),
-            }
+        row |= attribution_scores(x, twin, mask, cf, signed) if twin is not None else localisation_scores(signed, mask)
     return row
 
 
@@ -73,7 +66,8 @@ def _classifier_metrics(classifier: Classifier, label: str, x: F32, cf: F32) -> 
 
 
 def _mean(rows: list[dict[str, Any]]) -> dict[str, float]:
-    keys = [k for k in rows[0] if isinstance(rows[0][k], float)]
+    """Mean of every metric over the rows that have it (a case without a usable mask has no AUROC)."""
+    keys = dict.fromkeys(k for r in rows for k, v in r.items() if isinstance(v, float))
     return {k: float(np.nanmean([r[k] for r in rows if k in r])) for k in keys}
 
 
