@@ -37,7 +37,7 @@ class Recipe:
     vae_lr: float = 1e-3
     kl_weight: float = 1e-4
     edge_weight: float = 0.5  # L1 of the images' finite differences: keeps rib edges sharp
-    unet_steps: int = 4000
+    unet_steps: int = 3000
     decoder_steps: int = 600
     decoder_lr: float = 5e-4
     unet_batch: int = 64
