@@ -30,7 +30,7 @@ class Contender:
             import onnxruntime as ort
 
             if ep not in ort.get_available_providers():
-                return f"this onnxruntime has no {ep} (pip install 'vald[gpu]' instead of the CPU build)"
+                return f"this onnxruntime has no {ep} (install onnxruntime-gpu in place of onnxruntime)"
         if self.kind == "diffusers":
             if importlib.util.find_spec("diffusers") is None:
                 return "diffusers is not installed (pip install 'vald[torch]')"
