@@ -33,8 +33,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald.config import Mode, Reference, RunConfig, SchedulerKind
-from vald.errors import ConfigError, InputError
-from vald.induce import feather, latent_mask
+from vald.errors import ConfigError
+from vald.induce import check_region, feather, latent_mask
 from vald.pipeline import (
     Branch,
     Engines,
@@ -140,10 +140,7 @@ def _hold(keep01: F32, factor: int) -> Constrain:
 
 
 def _check_keep(keep01: F32, image01: F32, plan: DdimPlan | DpmPlan) -> None:
-    if keep01.shape != image01.shape:
-        raise InputError(f"keep mask shape {keep01.shape} does not match the image {image01.shape}")
-    if not np.any(keep01 > 0.5):
-        raise InputError("the keep mask is empty: nothing to keep")
+    check_region(keep01, image01, "keep mask", "keep")
     if isinstance(plan, DpmPlan):
         raise ConfigError("--keep-mask needs scheduler=ddim")
 

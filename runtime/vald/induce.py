@@ -43,6 +43,14 @@ def latent_mask(mask01: F32, factor: int) -> F32:
     return out
 
 
+def check_region(mask01: F32, image01: F32, name: str, purpose: str) -> None:
+    """InputError unless ``mask01`` has the image's shape and a non-empty region (values > 0.5)."""
+    if mask01.shape != image01.shape:
+        raise InputError(f"{name} shape {mask01.shape} does not match the image {image01.shape}")
+    if not np.any(mask01 > 0.5):
+        raise InputError(f"the {name} is empty: nothing to {purpose}")
+
+
 def feather(mask01: F32, sigma: float) -> F32:
     """Gaussian-blurred mask (separable, edge-padded), values in [0, 1]."""
     if sigma <= 0:
@@ -60,10 +68,7 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
     """Add ``cfg.prompt``'s finding to ``image01`` inside ``mask01`` (both ``[S, S]`` at model size, in [0, 1])."""
     if cfg.scheduler is not SchedulerKind.DDIM:
         raise ConfigError("induce supports scheduler=ddim only")
-    if mask01.shape != image01.shape:
-        raise InputError(f"mask shape {mask01.shape} does not match the image {image01.shape}")
-    if not np.any(mask01 > 0.5):
-        raise InputError("the mask is empty: nothing to induce")
+    check_region(mask01, image01, "mask", "induce")
     timings = Timings()
     negative, finding = np.split(text_states(engines, [cfg.negative_prompt, cfg.prompt], timings), 2)
     z = encode_image(engines, image01, timings)
