@@ -46,6 +46,7 @@ class Recipe:
     ema_decay: float = 0.999
     checkpoint_every: int = 100
     threads: int = 2
+    init_from: str = ""  # a diffusers folder of this architecture: continue from its VAE, text encoder and UNet
     arch: Architecture = field(default_factory=Architecture)
 
 
@@ -182,17 +183,19 @@ def train_unet(
     recipe: Recipe,
     work: Path,
     log: Log,
+    init: Any = None,
 ) -> Any:
     """Epsilon-prediction training with prompt dropout; returns the EMA UNet.
 
-    ``states[0]`` is the empty prompt (the unconditional branch of guidance).
+    ``states[0]`` is the empty prompt (the unconditional branch of guidance).  ``init``: a UNet to start
+    from (its weights seed both the trained copy and the EMA); a fresh one when None.
     """
     import copy
 
     import torch
 
     torch.manual_seed(recipe.seed)
-    unet = make_unet(recipe.arch)
+    unet = make_unet(recipe.arch) if init is None else init.train()
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.unet_lr, weight_decay=1e-2)
     ckpt, start, rows = work / "unet_checkpoint.pt", 0, []
@@ -266,18 +269,45 @@ def run(work: Path, recipe: Recipe, log: Log = print) -> Path:
     log(f"{len(data.images)} training images")
     from diffusers import AutoencoderKL
 
+    if recipe.init_from:
+        return _continue(Path(recipe.init_from), work, recipe, data, log)
     if not (work / "vae" / "config.json").exists():
         train_vae(data, recipe, work, log).save_pretrained(work / "vae")
     vae = AutoencoderKL.from_pretrained(work / "vae").eval()
     text_encoder = make_text_encoder(recipe.arch, recipe.seed)
     stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, make_unet(recipe.arch))
-    prompts = ["", *sorted(set(data.prompts))]
-    lookup = {p: i for i, p in enumerate(prompts)}
-    states = text_states(stage, text_encoder, prompts, recipe.arch.max_length)
-    latents = encode_latents(vae, data)
-    ema = train_unet(latents, states, np.array([lookup[p] for p in data.prompts]), recipe, work, log)
+    ema = _train_unet_stage(stage, vae, text_encoder, data, recipe, work, log)
     if recipe.decoder_steps and not (work / "vae_finetuned" / "config.json").exists():
         finetune_decoder(vae, data, recipe, work, log).save_pretrained(work / "vae_finetuned")
     if recipe.decoder_steps:
         vae = AutoencoderKL.from_pretrained(work / "vae_finetuned").eval()
+    return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)
+
+
+def _train_unet_stage(
+    stage: Path, vae: Any, text_encoder: Any, data: TrainingSet, recipe: Recipe, work: Path, log: Log, init: Any = None
+) -> Any:
+    prompts = ["", *sorted(set(data.prompts))]
+    lookup = {p: i for i, p in enumerate(prompts)}
+    states = text_states(stage, text_encoder, prompts, recipe.arch.max_length)
+    latents = encode_latents(vae, data)
+    return train_unet(latents, states, np.array([lookup[p] for p in data.prompts]), recipe, work, log, init)
+
+
+def _continue(model: Path, work: Path, recipe: Recipe, data: TrainingSet, log: Log) -> Path:
+    """Train the UNet of ``model`` (a folder this recipe wrote, e.g. ``engines/demo/model``) further.
+
+    It trains ``unet_steps`` more steps; the VAE (decoder fine-tune included) and text encoder are kept.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import BertModel
+
+    if not (model / "unet" / "config.json").exists():
+        raise SystemExit(f"--init-from {model}: not a diffusers folder (no unet/config.json)")
+    vae = AutoencoderKL.from_pretrained(model / "vae").eval()
+    text_encoder = BertModel.from_pretrained(model / "text_encoder").eval()
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    log(f"continuing from {model}: VAE and text encoder kept, UNet trained {recipe.unet_steps} more steps")
+    stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, unet)
+    ema = _train_unet_stage(stage, vae, text_encoder, data, recipe, work, log, init=unet)
     return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)
