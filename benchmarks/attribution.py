@@ -55,8 +55,14 @@ def paired_rows(engines_dir: Path, base: RunConfig, per_type: int, size: int, mo
     return rows
 
 
-def induction(engines_dir: Path, size: int, count: int = 20) -> dict[str, float]:
-    """``vald induce`` on normal phantoms with lesion-shaped masks and reports borrowed from abnormal ones."""
+def induction(engines_dir: Path, size: int, count: int = 30) -> dict[str, Any]:
+    """``vald induce`` at its defaults, per finding type, in two protocols.
+
+    ``own anatomy``: an abnormal phantom's mask and report applied to its normal twin (the same anatomy), so
+    the true change inside the mask is known: ``true_contrast`` is the finding's own mean contrast there.
+    ``borrowed mask``: the mask and report of one phantom applied to another, normal phantom, whose lungs
+    need not be where the mask is (as when a user draws a region freehand).
+    """
     import numpy as np
 
     from vald.config import INDUCE_DEFAULTS
@@ -67,23 +73,36 @@ def induction(engines_dir: Path, size: int, count: int = 20) -> dict[str, float]
 
     engines, _ = open_engines(engines_dir, INDUCE_DEFAULTS)
     kinds = (Finding.CONSOLIDATION, Finding.NODULE, Finding.EFFUSION)
-    rows = []
-    for k, seed in enumerate(held_out_seeds(count, Finding.NORMAL, offset=600)):
-        normal = make_phantom(seed, size, Finding.NORMAL)
-        donor = make_phantom(held_out_seeds(count, kinds[k % 3], offset=600)[k], size, kinds[k % 3])
+
+    def measure(base: Any, donor: Any) -> dict[str, float]:
         mask = donor.mask.astype(np.float32)
-        out = induce(engines, normal.abnormal, mask, INDUCE_DEFAULTS.replace(prompt=donor.report))
-        change = out.image - normal.abnormal
-        truth = donor.difference[donor.mask].mean()  # what the finding adds on its own anatomy
-        rows.append(
-            {
-                "change_inside": float(change[mask > 0].mean()),
-                "change_outside": float(np.abs(change[out.mask == 0]).mean()),
-                "true_finding_contrast": float(truth),
-                "ssim_outside": float(ssim_map(out.image, normal.abnormal)[out.mask == 0].mean()),
-            }
-        )
-    return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]} | {"n": float(len(rows))}
+        out = induce(engines, base, mask, INDUCE_DEFAULTS.replace(prompt=donor.report))
+        change = out.image - base
+        return {
+            "change_inside": float(change[mask > 0].mean()),
+            "true_contrast": float(donor.difference[donor.mask].mean()),
+            "change_outside": float(np.abs(change[out.mask == 0]).mean()),
+            "ssim_outside": float(ssim_map(out.image, base)[out.mask == 0].mean()),
+        }
+
+    rows: dict[str, list[tuple[str, dict[str, float]]]] = {"own anatomy": [], "borrowed mask": []}
+    for k, seed in enumerate(held_out_seeds(count, Finding.NORMAL, offset=600)):
+        kind = kinds[k % 3]
+        donor = make_phantom(held_out_seeds(count, kind, offset=600)[k], size, kind)
+        rows["own anatomy"].append((kind.value, measure(donor.twin, donor)))
+        rows["borrowed mask"].append((kind.value, measure(make_phantom(seed, size, Finding.NORMAL).abnormal, donor)))
+
+    def mean(group: list[dict[str, float]]) -> dict[str, float]:
+        return {key: float(np.mean([r[key] for r in group])) for key in group[0]} | {"n": float(len(group))}
+
+    return {
+        "settings": {"strength": INDUCE_DEFAULTS.strength, "guidance": INDUCE_DEFAULTS.guidance},
+        **{
+            protocol: {kind.value: mean([r for name, r in found if name == kind.value]) for kind in kinds}
+            | {"overall": mean([r for _, r in found])}
+            for protocol, found in rows.items()
+        },
+    }
 
 
 def uncertainty(engines_dir: Path, size: int, per_type: int = 10, seeds: int = 4) -> dict[str, float]:
@@ -166,8 +185,8 @@ def _plot(points: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path)
 
 
-def markdown(tables: dict[str, dict[str, dict[str, float]]]) -> str:
-    """Per-method, per-type table of AUROC / Dice / NCC / removal, and change on normals."""
+def markdown(tables: dict[str, dict[str, dict[str, float]]], induced: dict[str, Any] | None = None) -> str:
+    """Per-method, per-type table of AUROC / Dice / NCC / removal, change on normals, and the induction."""
     lines = [
         "| method | finding | AUROC | Dice (Otsu) | NCC | removal | change outside | SSIM cf-twin | MS-SSIM |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -187,6 +206,15 @@ def markdown(tables: dict[str, dict[str, dict[str, float]]]) -> str:
             lines.append(
                 f"| {name} | {table['normal']['change_normal']:.4f} | {table['normal']['ssim_cf_input']:.3f} |"
             )
+    if induced and "own anatomy" in induced:
+        lines += ["", "| induction | finding | change inside | true contrast | SSIM outside | n |"]
+        lines += ["|---|---|---|---|---|---|"]
+        for protocol in ("own anatomy", "borrowed mask"):
+            for kind, r in induced[protocol].items():
+                lines.append(
+                    f"| {protocol} | {kind} | {r['change_inside']:+.3f} | {r['true_contrast']:.3f} "
+                    f"| {r['ssim_outside']:.5f} | {r['n']:.0f} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +226,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--no-sweep", action="store_true")
     parser.add_argument("--sweep-only", action="store_true", help="only the strength × guidance sweep")
+    parser.add_argument(
+        "--induction-only", action="store_true", help="re-measure only the induction; keep the rest of the JSON"
+    )
     parser.add_argument(
         "--only", help="re-measure only the methods whose name contains this; keep the rest of the JSON"
     )
@@ -227,8 +258,15 @@ def main() -> None:
     def save() -> None:  # after every method, so an interrupted run keeps what it measured
         report["total_seconds"] = time.perf_counter() - started
         (args.out / "attribution.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        (args.out / "attribution.md").write_text(markdown(tables), encoding="utf-8")
+        (args.out / "attribution.md").write_text(markdown(tables, report.get("induction")), encoding="utf-8")
 
+    if args.induction_only:
+        report = json.loads((args.out / "attribution.json").read_text(encoding="utf-8"))
+        report["induction"] = induction(args.engines, size)
+        (args.out / "attribution.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (args.out / "attribution.md").write_text(markdown(report["tables"], report["induction"]), encoding="utf-8")
+        print(json.dumps(report["induction"], indent=2))
+        return
     if args.only:  # update an earlier report in place
         report = json.loads((args.out / "attribution.json").read_text(encoding="utf-8"))
         report["partial"] = True
@@ -266,7 +304,7 @@ def main() -> None:
         points = json.loads((args.out / "sweep.json").read_text(encoding="utf-8"))
     report["sweep"], report["partial"] = points, False
     save()
-    print(markdown(tables))
+    print(markdown(tables, report.get("induction")))
 
 
 if __name__ == "__main__":

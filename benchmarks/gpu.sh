@@ -44,6 +44,10 @@ if ! "$PY" -c "import tensorrt" 2>/dev/null; then
     timeout 180 "$PY" -m pip install -q --extra-index-url "$NVIDIA_INDEX" 'tensorrt>=10.12' 'cuda-python>=12.6' \
         || skip "tensorrt install" "TensorRT could not be installed from $NVIDIA_INDEX"
 fi
+if ! "$PY" -c "import cupy" 2>/dev/null; then
+    timeout 180 "$PY" -m pip install -q 'cupy-cuda12x>=13' \
+        || skip "cupy install" "cupy-cuda12x could not be installed (the cupy-loop rows will be skipped)"
+fi
 if ! "$PY" -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers()" 2>/dev/null; then
     timeout 180 "$PY" -m pip install -q 'onnxruntime-gpu' \
         || skip "onnxruntime-gpu install" "onnxruntime-gpu could not be installed"
@@ -64,6 +68,10 @@ timeout 180 "$PY" -m pytest -q -m "gpu or tensorrt" tests 2>&1 | tee "$RESULTS/g
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 GPU_CONTENDERS="torch fp32,torch fp32 cuda,torch fp16 cuda,vald onnxruntime fp32 cuda,vald onnxruntime fp16 cuda"
 GPU_CONTENDERS="$GPU_CONTENDERS,vald onnxruntime fp16 tensorrt-ep,vald tensorrt fp16"
+# the sampler on device arrays, and the UNet as CUDA graphs: against the rows above, the host loop's share
+GPU_CONTENDERS="$GPU_CONTENDERS,torch fp16 cuda torch-loop,vald onnxruntime fp16 cuda cupy-loop"
+GPU_CONTENDERS="$GPU_CONTENDERS,vald onnxruntime fp16 cuda cupy-loop cuda-graph,vald tensorrt fp16 cupy-loop"
+GPU_CONTENDERS="$GPU_CONTENDERS,vald tensorrt fp16 cupy-loop cuda-graph"
 timeout 240 "$VENV/bin/vald" bench --engines engines/demo --contenders "$GPU_CONTENDERS" \
     --size 128 --size 512 --repeats 3 --out "$RESULTS/gpu-$stamp" \
     || skip "benchmark" "vald bench failed or ran out of time (see above)"

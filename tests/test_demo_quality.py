@@ -42,7 +42,7 @@ def _table(engines, phantoms, **settings: object) -> dict[str, dict[str, float]]
 # Floors per mode on this set (overall over the four finding types), a little below the measured values.
 # Measured 2026-12-02 on this set with the retrained model (f = 8, 16 latent channels; UNet 3,000 steps):
 # default (inversion) AUROC 0.922, NCC 0.720, removal 0.81; img2img AUROC 0.799, removal 0.713; paired
-# (1 seed) AUROC 0.796, NCC 0.497; induction: +0.0006 inside (the previous model: +0.036), SSIM outside 0.99999.
+# (1 seed) AUROC 0.796, NCC 0.497; induction (defaults strength 1.0, guidance 12): values at each test.
 FLOORS = {
     "default": {"auroc": 0.88, "ncc": 0.66, "removal": 0.72},
     "img2img": {"auroc": 0.75, "removal": 0.64},
@@ -73,24 +73,31 @@ def test_paired_noise_with_the_report(engines, phantoms) -> None:  # type: ignor
         assert table["overall"][metric] >= floor, (metric, table["overall"])
 
 
-def _induced(engines):  # type: ignore[no-untyped-def]
-    normal = make_phantom(1_000_777, 128, Finding.NORMAL)
-    donor = make_phantom(1_100_777, 128, Finding.CONSOLIDATION)  # a realistic lesion-shaped mask
+def _induced(engines, kind: Finding, borrowed: bool):  # type: ignore[no-untyped-def]
+    """The finding of one held-out phantom induced at its mask, on its own normal twin or on another normal."""
+    donor = make_phantom(1_100_777, 128, kind)  # a realistic lesion-shaped mask and its report
+    base = make_phantom(1_000_777, 128, Finding.NORMAL).abnormal if borrowed else donor.twin
     mask = donor.mask.astype(np.float32)
-    out = induce(engines, normal.abnormal, mask, INDUCE_DEFAULTS.replace(prompt=donor.report))
-    return normal, mask, out
+    out = induce(engines, base, mask, INDUCE_DEFAULTS.replace(prompt=donor.report))
+    return base, mask, out
 
 
 def test_induction_keeps_outside(engines) -> None:  # type: ignore[no-untyped-def]
-    normal, _, out = _induced(engines)
-    assert float(ssim_map(out.image, normal.abnormal)[out.mask == 0].mean()) >= 0.99
+    base, _, out = _induced(engines, Finding.CONSOLIDATION, borrowed=True)
+    assert float(ssim_map(out.image, base)[out.mask == 0].mean()) >= 0.99
+
+
+def test_induction_adds_an_effusion(engines) -> None:  # type: ignore[no-untyped-def]
+    base, mask, out = _induced(engines, Finding.EFFUSION, borrowed=False)
+    assert float((out.image - base)[mask > 0].mean()) > 0.1  # measured +0.39 (true contrast of this case: 0.4)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known weakness of the model retrained 2026-12-02: on this case it adds +0.0006 inside the mask (the "
-    "previous model +0.036); over the benchmark's 20 cases +0.017 (previous +0.020; the issue's target is 0.1)",
+    reason="known weakness of the shipped model: findings asked for in the lower zones are not drawn there "
+    "(this case, right lower zone consolidation: -0.009 inside the mask at the defaults; over the benchmark's "
+    "10 consolidations +0.058 against a true contrast of 0.28)",
 )
-def test_induction_adds_inside(engines) -> None:  # type: ignore[no-untyped-def]
-    normal, mask, out = _induced(engines)
-    assert float((out.image - normal.abnormal)[mask > 0].mean()) > 0.02  # consolidation is denser: brighter
+def test_induction_adds_a_consolidation(engines) -> None:  # type: ignore[no-untyped-def]
+    base, mask, out = _induced(engines, Finding.CONSOLIDATION, borrowed=True)
+    assert float((out.image - base)[mask > 0].mean()) > 0.02  # consolidation is denser: brighter

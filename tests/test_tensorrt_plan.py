@@ -259,9 +259,11 @@ def test_io_binding_keeps_one_set_of_buffers_per_shape_and_matches_plain_runs() 
     assert runner.shapes == 2  # buffers made for batch 1 and 3 once, then reused
 
 
-def test_cuda_graph_is_a_setting_of_onnxruntime_on_cuda_only() -> None:
+def test_cuda_graph_is_a_setting_of_the_cuda_backends_only() -> None:
     from vald.errors import ConfigError
 
     assert RunConfig(provider="cuda", cuda_graph=True).cuda_graph  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="cuda_graph needs backend=onnxruntime and provider=cuda"):
-        RunConfig(cuda_graph=True)
+    assert RunConfig(backend="tensorrt", precision="fp16", provider="cuda", cuda_graph=True).cuda_graph  # type: ignore[arg-type]
+    for bad in ({}, {"backend": "torch", "provider": "cuda"}):
+        with pytest.raises(ConfigError, match="cuda_graph needs provider=cuda and backend onnxruntime or tensorrt"):
+            RunConfig(cuda_graph=True, **bad)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ from vald.outputs import INDUCED, write_outputs
 from vald.pipeline import Engines
 from vald.render import CAUTION, symmetric_limit
 from vald.schedules import NoiseSchedule
-from vald.sessions import open_sessions, run_files
+from vald.sessions import loop_ops, open_sessions, run_files
 from vald.sources import Source, read_sha256
 from vald.tokenizer import PromptTokenizer
 
@@ -42,11 +42,13 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
     tokenizer = PromptTokenizer(engine_dir / "tokenizer", max_length=info.max_length, pad_id=info.pad_id)
     started = time.perf_counter()
     sessions = open_sessions(manifest, cfg, model_dir=model_dir)
+    ops = loop_ops(cfg, sessions)
     engines = Engines(
         sessions=sessions,
         tokenizer=tokenizer,
         model=info,
         schedule=NoiseSchedule.for_pipeline(manifest.scheduler_config),
+        ops=ops,
     )
     check_against_model(engines, cfg)  # once, as a settings error: not a failure of every input
     provenance = {
@@ -56,6 +58,7 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
         "model": asdict(info),
         "engine_files_sha256": verified.hashes,
         "sessions": {c.value: asdict(s.info) for c, s in sessions.items()},
+        "loop": ops.name,  # where the sampler's arithmetic ran (host float64, or device arrays in float32)
         "startup": {
             "verify_s": verify_s,
             "files_hashed": verified.hashed,

@@ -28,6 +28,7 @@ map's uncertainty (how much the answer depends on the noise drawn).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -46,7 +47,9 @@ from vald.pipeline import (
     text_states,
 )
 from vald.sampling import (
+    HOST,
     Array,
+    ArrayOps,
     Constrain,
     Denoiser,
     OnStep,
@@ -110,6 +113,7 @@ def _sample(
     progress: _Progress,
     copies: int,
     constrain: Constrain | None = None,
+    ops: ArrayOps = HOST,
 ) -> Array:
     """Denoise ``x_t`` (``copies`` stacked passes from one start) from the plan's first timestep to x_0.
 
@@ -117,24 +121,22 @@ def _sample(
     """
     out: Array
     if isinstance(plan, DpmPlan):
-        out = sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress)
+        out = sample_dpmpp_2m(denoiser, x_t, plan, on_step=progress, ops=ops)
     elif eta == 0:
-        out = sample_ddim(denoiser, x_t, plan, on_step=progress, constrain=constrain)
+        out = sample_ddim(denoiser, x_t, plan, on_step=progress, constrain=constrain, ops=ops)
     else:
         single = (x_t.shape[0] // copies, *x_t.shape[1:])
         noises = [np.concatenate([n] * copies) for n in draw_noise(seed + 7_919, single, len(plan.timesteps))]
-        out = sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress, constrain=constrain)
+        out = sample_ddim(denoiser, x_t, plan, eta=eta, noises=noises, on_step=progress, constrain=constrain, ops=ops)
     return out
 
 
-def _hold(keep01: F32, factor: int) -> Constrain:
+def _hold(keep01: F32, factor: int, ops: ArrayOps) -> Constrain:
     """After each step, the first copy (the counterfactual) takes the second's latents inside the region."""
-    inside = latent_mask(keep01, factor).astype(np.float64)
+    inside = ops.state(latent_mask(keep01, factor))
 
-    def constrain(x_prev: NDArray[np.float64], _i: int) -> NDArray[np.float64]:
-        out = x_prev.copy()
-        out[:1] = inside * x_prev[1:2] + (1.0 - inside) * x_prev[:1]
-        return out
+    def constrain(x_prev: Any, _i: int) -> Any:
+        return ops.cat([inside * x_prev[1:2] + (1.0 - inside) * x_prev[:1], x_prev[1:]])
 
     return constrain
 
@@ -157,7 +159,7 @@ def attribute(
 
     ``keep``: an optional ``[S, S]`` mask (white = hold unchanged), see the module docstring.
     """
-    timings = Timings()
+    timings, ops = Timings(), engines.ops
     plan = _plan(engines, cfg)
     if keep is not None:
         _check_keep(keep, image01, plan)
@@ -173,7 +175,8 @@ def attribute(
         if not isinstance(plan, DdimPlan):
             raise ConfigError("mode=inversion needs scheduler=ddim")
         to_source = Branch(source if cfg.finding_prompt else negative)
-        inverted = invert_ddim(make_batched_denoiser(unet, [to_source], timings), z, plan, on_step=progress)
+        invert = make_batched_denoiser(unet, [to_source], timings, ops)
+        inverted = invert_ddim(invert, z, plan, on_step=progress, ops=ops)
         starts = [(inverted, cfg.seed)]
     else:
         guided_source = bool(cfg.finding_prompt)
@@ -184,12 +187,12 @@ def attribute(
     # the counterfactual and the reconstruction step from the same start at the same timesteps: one UNet call
     recon = cfg.resolved_reference is Reference.RECONSTRUCTION
     branches = [to_target, to_source] if recon or keep is not None else [to_target]
-    hold = None if keep is None else _hold(keep, engines.model.vae_scale_factor)
-    denoiser = make_batched_denoiser(unet, branches, timings)
+    hold = None if keep is None else _hold(keep, engines.model.vae_scale_factor, ops)
+    denoiser = make_batched_denoiser(unet, branches, timings, ops)
     cfs, refs = [], []
     for x_t, seed in starts:
         stacked = np.concatenate([x_t] * len(branches))
-        x0 = _sample(denoiser, stacked, plan, cfg.eta, seed, progress, len(branches), hold)
+        x0 = _sample(denoiser, stacked, plan, cfg.eta, seed, progress, len(branches), hold, ops)
         cfs.append(decode_latents(engines, x0[:1], timings))
         if recon:
             refs.append(decode_latents(engines, x0[1:], timings))

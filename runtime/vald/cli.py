@@ -21,6 +21,7 @@ from vald.config import (
     EXPORT_PRECISIONS,
     INDUCE_DEFAULTS,
     Backend,
+    Loop,
     Mode,
     OutputOptions,
     Precision,
@@ -65,8 +66,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--precision", choices=[x.value for x in Precision], help="fp32 (default), fp16, bf16 (openvino, torch)"
     )
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default 0: one per available CPU)")
+    p.add_argument("--cuda-graph", action="store_true", default=None, help="provider cuda: run the UNet as CUDA graphs")
     p.add_argument(
-        "--cuda-graph", action="store_true", default=None, help="onnxruntime on cuda: run the UNet as CUDA graphs"
+        "--loop",
+        choices=[x.value for x in Loop],
+        help="where the sampler's arithmetic runs: host (default, numpy) or device arrays (cupy on cuda, torch)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress output (failures are still reported)")
     p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
@@ -216,6 +220,7 @@ def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     cfg = RunConfig.from_toml(args.config, base) if args.config else base
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
     names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads", "cuda_graph"]
+    names += ["loop"]
     return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
 

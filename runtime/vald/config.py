@@ -58,6 +58,14 @@ class Provider(StrEnum):
     TENSORRT = "tensorrt"
 
 
+class Loop(StrEnum):
+    """Where the sampling loop's arithmetic runs: numpy on the host, or device arrays (CuPy, torch)."""
+
+    HOST = "host"
+    CUPY = "cupy"
+    TORCH = "torch"
+
+
 class Precision(StrEnum):
     """Compute precision of the networks (what the backend is told to use, and checks it uses)."""
 
@@ -121,7 +129,8 @@ class RunConfig:
     provider: Provider = Provider.CPU
     precision: Precision = Precision.FP32
     threads: int = 0  # intra-op threads of the backend; 0 = one per CPU this process may use
-    cuda_graph: bool = False  # capture the UNet in CUDA graphs (backend onnxruntime, provider cuda)
+    cuda_graph: bool = False  # capture the UNet in CUDA graphs (provider cuda; onnxruntime or tensorrt)
+    loop: Loop = Loop.HOST  # the sampling loop on the host (float64 numpy) or on device arrays (float32)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -131,6 +140,7 @@ class RunConfig:
         set_(self, "backend", as_enum(Backend, self.backend, "backend"))
         set_(self, "provider", as_enum(Provider, self.provider, "provider"))
         set_(self, "precision", as_enum(Precision, self.precision, "precision"))
+        set_(self, "loop", as_enum(Loop, self.loop, "loop"))
         for name in ("prompt", "negative_prompt", "finding_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name} must be text")
@@ -148,8 +158,14 @@ class RunConfig:
             )
         if not isinstance(self.cuda_graph, bool):
             raise ConfigError("cuda_graph must be true or false")
-        if self.cuda_graph and (self.backend, self.provider) != (Backend.ONNXRUNTIME, Provider.CUDA):
-            raise ConfigError("cuda_graph needs backend=onnxruntime and provider=cuda")
+        if self.cuda_graph and (
+            self.provider is not Provider.CUDA or self.backend not in (Backend.ONNXRUNTIME, Backend.TENSORRT)
+        ):
+            raise ConfigError("cuda_graph needs provider=cuda and backend onnxruntime or tensorrt")
+        if self.loop is not Loop.HOST and self.backend is Backend.OPENVINO:
+            raise ConfigError(f"loop={self.loop.value} needs a backend that runs on device arrays, not openvino")
+        if self.loop is Loop.CUPY and self.provider is not Provider.CUDA:
+            raise ConfigError("loop=cupy holds the latents on the GPU: it needs provider=cuda")
         if self.backend is Backend.TENSORRT and self.provider is not Provider.CUDA:
             raise ConfigError(f"backend=tensorrt runs on provider=cuda, not {self.provider.value}: add --provider cuda")
         self._check_mode()
@@ -249,5 +265,7 @@ class OutputOptions:
 
 DEFAULT_OUTPUTS = OutputOptions()
 
-# Induction: img2img toward a finding inside a mask (stronger re-noising than attribution).
-INDUCE_DEFAULTS = RunConfig(mode=Mode.IMG2IMG, strength=0.8, guidance=7.0)
+# Induction: the masked region re-synthesised from full noise toward the finding and away from a normal
+# description (benchmarks/attribution.py's induction grid on the shipped model: strength 0.8 / guidance 7 added
+# a third of what strength 1.0 / guidance 12 adds; guidance 15 overshoots the true contrast of effusions).
+INDUCE_DEFAULTS = RunConfig(mode=Mode.IMG2IMG, strength=1.0, guidance=12.0, negative_prompt=DEFAULT_PROMPT)

@@ -10,14 +10,25 @@ the region are the input's own.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from vald.config import RunConfig, SchedulerKind
 from vald.errors import ConfigError, InputError
-from vald.pipeline import Engines, Timings, decode_latents, draw_noise, encode_image, make_denoiser, text_states
+from vald.pipeline import (
+    Branch,
+    Engines,
+    Timings,
+    decode_latents,
+    draw_noise,
+    encode_image,
+    make_batched_denoiser,
+    text_states,
+)
 from vald.sampling import OnStep, add_noise, sample_ddim
 from vald.schedules import plan_ddim
 from vald.spec import Component
@@ -74,17 +85,19 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
     z = encode_image(engines, image01, timings)
     plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
     noise = draw_noise(cfg.seed, z.shape, 1)[0]
-    inside = latent_mask(mask01, engines.model.vae_scale_factor).astype(np.float64)
-    z64 = z.astype(np.float64)
+    ops = engines.ops
+    inside = ops.state(latent_mask(mask01, engines.model.vae_scale_factor))
+    z_state, noise_state = ops.state(z), ops.state(noise)
 
-    def keep_outside(x_prev: F64, i: int) -> F64:
-        a = plan.alpha_bar_prev[i]
-        known = np.sqrt(a) * z64 + np.sqrt(1 - a) * noise
-        kept: F64 = inside * x_prev + (1.0 - inside) * known
-        return kept
+    def keep_outside(x_prev: Any, i: int) -> Any:
+        a = float(plan.alpha_bar_prev[i])
+        known = math.sqrt(a) * z_state + math.sqrt(1 - a) * noise_state
+        return inside * x_prev + (1.0 - inside) * known
 
-    denoiser = make_denoiser(engines.sessions[Component.UNET], finding, negative, cfg.guidance, timings)
-    x0 = sample_ddim(denoiser, add_noise(z, noise, plan.start_alpha_bar), plan, on_step=on_step, constrain=keep_outside)
+    unet = engines.sessions[Component.UNET]
+    denoiser = make_batched_denoiser(unet, [Branch(finding, negative, cfg.guidance)], timings, ops)
+    x_t = add_noise(z, noise, plan.start_alpha_bar)
+    x0 = sample_ddim(denoiser, x_t, plan, on_step=on_step, constrain=keep_outside, ops=ops)
     decoded = decode_latents(engines, x0, timings)
     soft = feather((mask01 > 0.5).astype(np.float32), sigma=max(1.0, mask01.shape[0] / 128))
     return Induction((soft * decoded + (1 - soft) * image01).astype(np.float32), soft, timings)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from vald.errors import ValdError
 from vald.manifest import ModelInfo
-from vald.sampling import Array, Denoiser
+from vald.sampling import HOST, Array, ArrayOps, Denoiser
 from vald.schedules import NoiseSchedule
 from vald.sessions import Session
 from vald.spec import Component
@@ -33,6 +34,7 @@ class Engines:
     tokenizer: PromptTokenizer
     model: ModelInfo
     schedule: NoiseSchedule
+    ops: ArrayOps = HOST  # where the sampling loop's arithmetic runs (``--loop``)
 
 
 @dataclass
@@ -41,12 +43,13 @@ class Timings:
 
     stages: dict[str, float] = field(default_factory=dict)
 
-    def run(self, stage: str, fn: Callable[[], Array]) -> Array:
-        """Time ``fn`` under ``stage`` (accumulating) and check its output is finite."""
+    def run(self, stage: str, fn: Callable[[], Any], ops: ArrayOps = HOST) -> Any:
+        """Time ``fn`` under ``stage`` (accumulating) and check its output is finite (arrays of ``ops``' kind)."""
         start = time.perf_counter()
         out = fn()
+        finite = ops.finite(out)  # on a device this waits for the work: the time is the stage's
         self.stages[stage] = self.stages.get(stage, 0.0) + time.perf_counter() - start
-        if not np.all(np.isfinite(out)):
+        if not finite:
             raise NumericalError(f"{stage} produced NaN/inf values; try precision=fp32")
         return out
 
@@ -70,7 +73,9 @@ class Branch:
         return [self.uncond, self.cond] if self.guided and self.uncond is not None else [self.cond]
 
 
-def make_batched_denoiser(unet: Session, branches: Sequence[Branch], timings: Timings) -> Denoiser:
+def make_batched_denoiser(
+    unet: Session, branches: Sequence[Branch], timings: Timings, ops: ArrayOps = HOST
+) -> Denoiser:
     """Several conditionings of several latents in one UNet call per step.
 
     The state ``x`` stacks one equal slice per branch (``x = [x_1; ...; x_n]``); branch ``k`` sees
@@ -79,19 +84,25 @@ def make_batched_denoiser(unet: Session, branches: Sequence[Branch], timings: Ti
     counterfactual (guided) and a reconstruction (unguided) stepping from the same timestep cost one
     batch-3 call instead of a batch-2 and a batch-1 call.  The samplers are elementwise over the batch,
     so each slice follows exactly the trajectory it would alone.
-    """
-    states = np.concatenate([s for b in branches for s in b.states])
 
-    def denoiser(x: Array, t: int) -> Array:
-        slices = np.split(x, len(branches))
-        batch = np.concatenate([x_k for b, x_k in zip(branches, slices, strict=True) for _ in range(1 + b.guided)])
+    ``ops`` says what kind of arrays ``x`` is (numpy on the host, or device arrays: then the text states,
+    the timesteps and the UNet's output live on the device too, and nothing is copied per step).
+    """
+    host_states = np.concatenate([s for b in branches for s in b.states]).astype(np.float32)
+    states: dict[int, Any] = {}  # rows per branch -> the repeated states, as ``ops`` arrays
+    timesteps: dict[tuple[int, int], Any] = {}
+
+    def denoiser(x: Any, t: int) -> Any:
+        slices = ops.split(x, len(branches))
+        batch = ops.cat([x_k for b, x_k in zip(branches, slices, strict=True) for _ in range(1 + b.guided)])
         rows = x.shape[0] // len(branches)
-        feeds = {
-            "sample": batch,
-            "timestep": np.full((batch.shape[0],), t, dtype=np.float32),
-            "encoder_hidden_states": np.repeat(states, rows, axis=0),
-        }
-        out = timings.run("unet", lambda: unet.run(feeds)["out_sample"])
+        if rows not in states:
+            states[rows] = ops.net(np.repeat(host_states, rows, axis=0))
+        size = rows * len(host_states)
+        if (t, size) not in timesteps:
+            timesteps[(t, size)] = ops.net(np.full((size,), t, dtype=np.float32))
+        feeds = {"sample": batch, "timestep": timesteps[(t, size)], "encoder_hidden_states": states[rows]}
+        out = timings.run("unet", lambda: ops.run(unet, feeds)["out_sample"], ops)
         results, at = [], 0
         for b in branches:
             if b.guided:
@@ -101,7 +112,7 @@ def make_batched_denoiser(unet: Session, branches: Sequence[Branch], timings: Ti
             else:
                 results.append(out[at : at + rows])
                 at += rows
-        return np.concatenate(results).astype(np.float32)
+        return ops.net(ops.cat(results))
 
     return denoiser
 
@@ -138,7 +149,8 @@ def text_states(engines: Engines, texts: list[str], timings: Timings) -> Array:
     encoder = engines.sessions[Component.TEXT_ENCODER]
     ids, mask = engines.tokenizer.encode(texts)
     feeds = {"input_ids": ids, "attention_mask": mask} if engines.model.attention_mask else {"input_ids": ids}
-    return timings.run("text_encoder", lambda: encoder.run(feeds)["last_hidden_state"])
+    out: Array = timings.run("text_encoder", lambda: encoder.run(feeds)["last_hidden_state"])
+    return out
 
 
 def encode_image(engines: Engines, image01: NDArray[np.float32], timings: Timings) -> Array:
@@ -146,7 +158,7 @@ def encode_image(engines: Engines, image01: NDArray[np.float32], timings: Timing
     m = engines.model
     pixels = to_model_pixels(image01, m.image_channels)
     vae_enc = engines.sessions[Component.VAE_ENCODER]
-    mean = timings.run("vae_encoder", lambda: vae_enc.run({"images": pixels})["latent_mean"])
+    mean: Array = timings.run("vae_encoder", lambda: vae_enc.run({"images": pixels})["latent_mean"])
     return ((mean - m.shift_factor) * m.scaling_factor).astype(np.float32)
 
 

@@ -17,7 +17,7 @@ the latents per step.  ``tests/test_sampling_parity.py`` runs the loop on torch 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,10 +32,17 @@ Constrain = Callable[[Any, int], Any]
 
 
 class ArrayOps(Protocol):
-    """How the sampler holds its state and talks to the denoiser."""
+    """How the sampler holds its state and talks to the denoiser.
+
+    ``state``, ``net``, ``clip`` and ``result`` are all the loops use; the denoiser and the mask constraints
+    around them also stack and split batches (``cat``, ``split``, ``repeat_rows``), check finiteness, and run
+    the UNet session on arrays of this kind (``run``).
+    """
+
+    name: str
 
     def state(self, x: Any) -> Any:
-        """An input (latents, noise, a model output) as the loop's state type."""
+        """An input (latents, noise, a model output, a mask) as the loop's state type."""
         ...
 
     def net(self, x: Any) -> Any:
@@ -50,9 +57,31 @@ class ArrayOps(Protocol):
         """The final state as the caller wants it."""
         ...
 
+    def cat(self, xs: Sequence[Any]) -> Any:
+        """Concatenate along the batch axis."""
+        ...
+
+    def split(self, x: Any, parts: int) -> list[Any]:
+        """``parts`` equal slices along the batch axis."""
+        ...
+
+    def repeat_rows(self, x: Any, times: int) -> Any:
+        """Each batch row repeated ``times`` times in place (``[a, b] -> [a, a, b, b]``)."""
+        ...
+
+    def finite(self, x: Any) -> bool:
+        """Whether every value is finite."""
+        ...
+
+    def run(self, session: Any, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Run a session on feeds of this array kind; outputs of this kind (float32)."""
+        ...
+
 
 class HostOps:
     """numpy on the host: float64 state, float32 to the network and back."""
+
+    name = "host"
 
     def state(self, x: Any) -> NDArray[np.float64]:
         """float64 copy."""
@@ -70,6 +99,27 @@ class HostOps:
     def result(self, x: Any) -> Array:
         """float32."""
         return np.asarray(x, dtype=np.float32)
+
+    def cat(self, xs: Sequence[Any]) -> Any:
+        """np.concatenate."""
+        return np.concatenate(xs)
+
+    def split(self, x: Any, parts: int) -> list[Any]:
+        """np.split."""
+        return list(np.split(x, parts))
+
+    def repeat_rows(self, x: Any, times: int) -> Any:
+        """np.repeat on axis 0."""
+        return np.repeat(x, times, axis=0)
+
+    def finite(self, x: Any) -> bool:
+        """np.isfinite over all values."""
+        return bool(np.all(np.isfinite(x)))
+
+    def run(self, session: Any, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """``session.run``: numpy in, float32 numpy out."""
+        out: dict[str, Any] = session.run(feeds)
+        return out
 
 
 HOST = HostOps()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from vald.config import Backend, Mode, Precision
+from vald.config import Backend, Loop, Mode, Precision
 
 REFERENCE = "torch fp32"  # accuracy is measured against this contender, from the same run
 
@@ -19,6 +19,8 @@ class Contender:
     backend: Backend
     precision: Precision
     provider: str = "cpu"
+    loop: Loop = Loop.HOST  # where the sampler's arithmetic runs (``--loop``)
+    cuda_graph: bool = False
 
     def unavailable(self, *, mode: Mode, cuda: bool) -> str | None:
         """Why this contender cannot run here (None: it can)."""
@@ -38,6 +40,8 @@ class Contender:
                 return f"diffusers' img2img pipeline has no {mode.value} mode (run the bench with --mode img2img)"
         if self.provider == "cuda" and not cuda:
             return "no CUDA device"
+        if self.loop is Loop.CUPY and importlib.util.find_spec("cupy") is None:
+            return "CuPy is not installed (pip install cupy-cuda12x)"
         return None
 
 
@@ -57,6 +61,29 @@ CONTENDERS = (
     Contender("vald onnxruntime fp16 cuda", "vald", Backend.ONNXRUNTIME, Precision.FP16, provider="cuda"),
     Contender("vald onnxruntime fp16 tensorrt-ep", "vald", Backend.ONNXRUNTIME, Precision.FP16, provider="tensorrt"),
     Contender("vald tensorrt fp16", "vald", Backend.TENSORRT, Precision.FP16, provider="cuda"),
+    # the same on the GPU with the sampler's state on the device, and with the UNet as CUDA graphs: their
+    # differences to the rows above are the host loop's copies and the launch overhead
+    Contender("torch fp16 cuda torch-loop", "vald", Backend.TORCH, Precision.FP16, "cuda", Loop.TORCH),
+    Contender("vald onnxruntime fp16 cuda cupy-loop", "vald", Backend.ONNXRUNTIME, Precision.FP16, "cuda", Loop.CUPY),
+    Contender(
+        "vald onnxruntime fp16 cuda cupy-loop cuda-graph",
+        "vald",
+        Backend.ONNXRUNTIME,
+        Precision.FP16,
+        "cuda",
+        Loop.CUPY,
+        cuda_graph=True,
+    ),
+    Contender("vald tensorrt fp16 cupy-loop", "vald", Backend.TENSORRT, Precision.FP16, "cuda", Loop.CUPY),
+    Contender(
+        "vald tensorrt fp16 cupy-loop cuda-graph",
+        "vald",
+        Backend.TENSORRT,
+        Precision.FP16,
+        "cuda",
+        Loop.CUPY,
+        cuda_graph=True,
+    ),
 )
 # --quick leaves out the slowest contenders on a CPU: FP16 graphs (no FP16 matrix units: casts around
 # every op) and diffusers in bf16 (the torch bf16 row measures the same kernels).

@@ -140,7 +140,8 @@ def bench_subject(
                     "engines": str(subject.engines),
                     "model_dir": str(subject.model_dir) if subject.model_dir else None,
                     "settings": {**settings, "backend": c.backend.value, "precision": c.precision.value}
-                    | {"provider": c.provider, "threads": cfg.resolved_threads},
+                    | {"provider": c.provider, "threads": cfg.resolved_threads}
+                    | {"loop": c.loop.value, "cuda_graph": c.cuda_graph},
                     "image": str(image),
                     "size": size,
                     "repeats": repeats,
@@ -153,7 +154,7 @@ def bench_subject(
                     log(f"  failed: {raw['error']}")
                     continue
                 summary = summarise(raw)
-                extra = {k: raw.get(k) for k in ("sessions", "startup", "engine_files_sha256")}
+                extra = {k: raw.get(k) for k in ("sessions", "startup", "engine_files_sha256", "loop")}
                 size_rows.append({**row, **summary, **extra})
                 done.append(c.name)
                 p50, cold = summary["end_to_end_s"]["p50"], summary["cold_start_s"]

@@ -16,9 +16,10 @@ from typing import Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from vald.config import Backend, Precision, Provider, RunConfig
+from vald.config import Backend, Loop, Precision, Provider, RunConfig
 from vald.errors import EngineMismatchError
 from vald.manifest import Manifest
+from vald.sampling import HOST, ArrayOps
 from vald.spec import Component, ComponentSpec, TensorSpec
 
 
@@ -140,3 +141,14 @@ def open_sessions(manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None 
     from vald.sessions.ort import open_ort_sessions
 
     return open_ort_sessions(manifest, cfg)
+
+
+def loop_ops(cfg: RunConfig, sessions: Mapping[Component, Session]) -> ArrayOps:
+    """The arrays the sampling loop runs on for ``cfg.loop``; the UNet session must be able to take them."""
+    if cfg.loop is Loop.HOST:
+        return HOST
+    from vald.sessions.device import check_device_sessions, device_ops
+
+    ops = device_ops(cfg.loop.value, "cuda" if cfg.provider is not Provider.CPU else "cpu")
+    check_device_sessions(sessions)
+    return ops

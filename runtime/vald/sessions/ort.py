@@ -104,6 +104,66 @@ class BoundRunner:
         return len(self._bound)
 
 
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+}
+
+
+class DeviceRunner:
+    """IO binding on device arrays (``--loop cupy|torch``).
+
+    The buffers of each input shape are allocated once as arrays of ``ops``' kind and bound by address; a run
+    copies the inputs in on the device, runs, and returns copies of the outputs (float32, on the device).
+    With ``graphs`` the CUDA EP captures one CUDA graph per shape, which needs exactly these fixed addresses.
+    """
+
+    def __init__(self, session: Any, spec: ComponentSpec, ops: Any, *, graphs: bool) -> None:
+        self._session, self._spec, self._ops, self._graphs = session, spec, ops, graphs
+        values = [*session.get_inputs(), *session.get_outputs()]
+        self._types = {v.name: ORT_TYPES.get(v.type, "float32") for v in values}
+        self._device = str(ops.device).split(":")[0]
+        self._bound: dict[tuple[Any, ...], tuple[dict[str, Any], dict[str, Any], Any, Any]] = {}
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        """Copy the inputs into this shape's buffers, run, return the outputs."""
+        import onnxruntime as ort
+
+        from vald.sessions.device import output_shapes
+
+        ops = self._ops
+        shapes = {t.name: tuple(int(d) for d in feeds[t.name].shape) for t in self._spec.inputs}
+        key = tuple(sorted(shapes.items()))
+        entry = self._bound.get(key)
+        if entry is None:
+            binding = self._session.io_binding()
+            ins = {n: ops.empty(shape, self._types[n]) for n, shape in shapes.items()}
+            outs = {
+                n: ops.empty(shape, self._types[n])
+                for n, shape in output_shapes(self._spec.inputs, self._spec.outputs, shapes).items()
+            }
+            for bind, arrays in ((binding.bind_input, ins), (binding.bind_output, outs)):
+                for n, a in arrays.items():
+                    bind(n, self._device, 0, np.dtype(self._types[n]), tuple(a.shape), ops.pointer(a))
+            options = ort.RunOptions()
+            if self._graphs:
+                options.add_run_config_entry("gpu_graph_id", str(len(self._bound) + 1))
+            entry = self._bound[key] = (ins, outs, binding, options)
+        ins, outs, binding, options = entry
+        for name, buffer in ins.items():
+            ops.copy_into(buffer, ops.cast(feeds[name], self._types[name]))
+        ops.synchronize()  # ONNX Runtime reads the buffers on its own stream
+        self._session.run_with_iobinding(binding, options)
+        return {n: ops.copy(ops.cast(a, "float32")) for n, a in outs.items()}
+
+    @property
+    def shapes(self) -> int:
+        """How many input shapes have buffers (and, with CUDA graphs, a captured graph)."""
+        return len(self._bound)
+
+
 class OrtSession(BoundSession):
     """One ONNX graph in an ``onnxruntime.InferenceSession``.
 
@@ -151,6 +211,8 @@ class OrtSession(BoundSession):
         device = wanted + ("+cuda-graph" if cuda_graph else "") + ("+io-binding" if bind else "")
         self._info = SessionInfo("onnxruntime", device, precision.value, threads, graph=graph, cached=optimized)
         self._runner = None
+        self._cuda_graph = cuda_graph
+        self._device_runner: DeviceRunner | None = None
         if bind is not None:
             names = ([t.name for t in spec.inputs], [t.name for t in spec.outputs])
             self._runner = BoundRunner(self._session, *names, bind, graphs=cuda_graph)
@@ -162,6 +224,12 @@ class OrtSession(BoundSession):
         names = [t.name for t in self._spec.outputs]
         values = self._session.run(names, {t.name: np.ascontiguousarray(feeds[t.name]) for t in self._spec.inputs})
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, values, strict=True)}
+
+    def run_device(self, feeds: Mapping[str, Any], ops: Any) -> dict[str, Any]:
+        """Device arrays of ``ops``' kind in and out (``--loop``); see :class:`DeviceRunner`."""
+        if self._device_runner is None:
+            self._device_runner = DeviceRunner(self._session, self._spec, ops, graphs=self._cuda_graph)
+        return self._device_runner.run(feeds)
 
 
 def _providers(cfg: RunConfig, cache: Path) -> list[Any]:

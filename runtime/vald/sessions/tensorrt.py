@@ -1,12 +1,15 @@
 """Native TensorRT engines behind the :class:`~vald.sessions.Session` protocol (engines built by ``vald build``).
 
-One engine per component, one execution context, one CUDA stream; device buffers are allocated once and
-grown only when a larger shape arrives; an engine with several optimisation profiles (one per input shape
-the run uses, ``--profile static``) switches to the profile that holds the shape.  ``run`` copies inputs to
-the device, ``execute_async_v3``, and copies outputs back.
+One engine per component, one execution context, one CUDA stream; device buffers are allocated once per
+input shape (fixed addresses, as a captured CUDA graph needs); an engine with several optimisation profiles
+(one per input shape the run uses, ``--profile static``) switches to the profile that holds the shape.
+``run`` copies inputs to the device, ``execute_async_v3``, and copies outputs back.
+
+``run_device`` takes and returns device arrays (``--loop device``, :mod:`vald.sessions.device`); with
+``--cuda-graph`` the UNet is captured into one CUDA graph per input shape.
 
 Written against TensorRT's documented Python API (10.x, 11.x) and cuda-python; **not run** on this
-project's machines (no GPU, no TensorRT).  Device-resident latents and CUDA-graph capture are not done yet.
+project's machines (no GPU, no TensorRT).
 
 :func:`open_tensorrt_sessions` picks the engine set (:mod:`vald.sessions.tensorrt_set`), compares the build
 machine's identity with this one before any engine is deserialised, and opens one session per component.
@@ -15,6 +18,7 @@ machine's identity with this one before any engine is deserialised, and opens on
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +56,29 @@ def run_onnx_cpu(graph: Path, feeds: Mapping[str, NDArray[np.generic]]) -> dict[
     return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, session.run(names, dict(feeds)), strict=True)}
 
 
-class TensorRTSession(BoundSession):
-    """One deserialized TensorRT engine."""
+@dataclass
+class _Bound:
+    """Device buffers of one input shape (their addresses are fixed: a captured CUDA graph refers to them)."""
 
-    def __init__(self, engine: Any, spec: ComponentSpec, *, graph: str = "", precision: str = "fp16") -> None:
+    pointers: dict[str, int]  # every input and output -> device address
+    arrays: dict[str, Any]  # the same buffers as device arrays (``run_device``); empty for cudaMalloc'ed ones
+    outputs: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]  # output -> (shape, dtype)
+    profile: int
+    runs: int = 0
+    graph: Any = None  # the instantiated CUDA graph (cudaGraphExec_t), captured on the second run
+
+
+class TensorRTSession(BoundSession):
+    """One deserialized TensorRT engine.
+
+    ``cuda_graph``: for each input shape, the first run executes normally (TensorRT finishes its lazy set-up),
+    the second is captured into a CUDA graph on the session's stream, and every later run with that shape
+    launches the graph (inputs are copied into the shape's fixed buffers first).
+    """
+
+    def __init__(
+        self, engine: Any, spec: ComponentSpec, *, graph: str = "", precision: str = "fp16", cuda_graph: bool = False
+    ) -> None:
         trt = _trt()
         self._trt, self._engine, self._spec = trt, engine, spec
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
@@ -64,13 +87,15 @@ class TensorRTSession(BoundSession):
         self._context = engine.create_execution_context()
         self._rt = cudart()
         self._stream = check(self._rt.cudaStreamCreate(), "cudaStreamCreate")
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._bound: dict[tuple[Any, ...], _Bound] = {}
+        self._current: tuple[Any, ...] | None = None  # the shape whose shapes/addresses the context holds
         self._profile = 0
+        self._cuda_graph = cuda_graph
         self._info = SessionInfo("tensorrt", "cuda", precision, 0, graph=graph)
 
     @classmethod
     def from_bytes(
-        cls, plan: bytes, spec: ComponentSpec, *, graph: str = "", precision: str = "fp16"
+        cls, plan: bytes, spec: ComponentSpec, *, graph: str = "", precision: str = "fp16", cuda_graph: bool = False
     ) -> TensorRTSession:
         """Deserialize an engine; EngineMismatchError when TensorRT refuses it."""
         trt = _trt()
@@ -78,18 +103,18 @@ class TensorRTSession(BoundSession):
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise EngineMismatchError(f"TensorRT could not load engine {graph or spec.component.value}; rebuild it")
-        return cls(engine, spec, graph=graph, precision=precision)
+        return cls(engine, spec, graph=graph, precision=precision, cuda_graph=cuda_graph)
 
-    def _device(self, name: str, nbytes: int) -> int:
-        pointer, size = self._buffers.get(name, (0, 0))
-        if size < nbytes:
-            if pointer:
-                check(self._rt.cudaFree(pointer), "cudaFree")
-            pointer = int(check(self._rt.cudaMalloc(nbytes), "cudaMalloc"))
-            self._buffers[name] = (pointer, nbytes)
-        return pointer
+    @property
+    def graphs(self) -> int:
+        """How many input shapes have a captured CUDA graph."""
+        return sum(b.graph is not None for b in self._bound.values())
 
-    def _select_profile(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    def _dtype(self, name: str) -> np.dtype[Any]:
+        dtype: np.dtype[Any] = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        return dtype
+
+    def _profile_for(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
         engine = self._engine
         for index in range(engine.num_optimization_profiles):
             fits = True
@@ -97,45 +122,103 @@ class TensorRTSession(BoundSession):
                 low, _, high = engine.get_tensor_profile_shape(name, index)
                 fits = fits and all(a <= s <= b for a, s, b in zip(low, shape, high, strict=True))
             if fits:
-                if index != self._profile:
-                    self._context.set_optimization_profile_async(index, self._stream)
-                    self._profile = index
-                return
+                return index
         raise EngineMismatchError(
             f"the {self._spec.component.value} engine has no profile for shapes {dict(shapes)}; "
             "rebuild it for these settings with vald build"
         )
 
+    def _bind(self, shapes: Mapping[str, tuple[int, ...]], ops: Any = None) -> _Bound:
+        """The buffers of this input shape (allocated on first use) with the context set up for them."""
+        key = (ops is not None, *sorted(shapes.items()))
+        bound = self._bound.get(key)
+        context = self._context
+        if bound is None:
+            profile = self._profile_for(shapes)
+            if profile != self._profile:
+                context.set_optimization_profile_async(profile, self._stream)
+                self._profile = profile
+            for name, shape in shapes.items():
+                context.set_input_shape(name, shape)
+            outputs = {t.name: (tuple(context.get_tensor_shape(t.name)), self._dtype(t.name)) for t in self.outputs}
+            sizes = {n: (shape, self._dtype(n)) for n, shape in shapes.items()} | outputs
+            pointers, arrays = {}, {}
+            for name, (shape, dtype) in sizes.items():
+                if ops is None:
+                    nbytes = int(np.prod(shape)) * dtype.itemsize
+                    pointers[name] = int(check(self._rt.cudaMalloc(nbytes), "cudaMalloc"))
+                else:
+                    arrays[name] = ops.empty(shape, dtype.name)
+                    pointers[name] = ops.pointer(arrays[name])
+            bound = self._bound[key] = _Bound(pointers, arrays, outputs, profile)
+            self._current = None
+        if self._current != key:  # another shape ran last: its shapes and addresses are in the context
+            if bound.profile != self._profile:
+                context.set_optimization_profile_async(bound.profile, self._stream)
+                self._profile = bound.profile
+            for name, shape in shapes.items():
+                context.set_input_shape(name, shape)
+            for name, pointer in bound.pointers.items():
+                context.set_tensor_address(name, pointer)
+            self._current = key
+        return bound
+
+    def _execute(self, bound: _Bound) -> None:
+        """Enqueue the engine on the session's stream: directly, by capturing a graph, or by launching one."""
+        rt, stream = self._rt, self._stream
+        if bound.graph is not None:
+            check(rt.cudaGraphLaunch(bound.graph, stream), "cudaGraphLaunch")
+        elif self._cuda_graph and bound.runs >= 1:
+            mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+            check(rt.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
+            enqueued = self._context.execute_async_v3(stream)
+            graph = check(rt.cudaStreamEndCapture(stream), "cudaStreamEndCapture")
+            if not enqueued:
+                raise EngineMismatchError(f"TensorRT could not capture the {self._spec.component.value} engine")
+            bound.graph = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            check(rt.cudaGraphDestroy(graph), "cudaGraphDestroy")  # the instantiated copy is what runs
+            check(rt.cudaGraphLaunch(bound.graph, stream), "cudaGraphLaunch")
+        elif not self._context.execute_async_v3(stream):
+            raise EngineMismatchError(f"TensorRT failed to run the {self._spec.component.value} engine")
+        bound.runs += 1
+
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Copy in, execute on the stream, copy out; outputs as float32 on the host."""
-        trt, context = self._trt, self._context
-        arrays = {
-            t.name: np.ascontiguousarray(feeds[t.name], dtype=trt.nptype(self._engine.get_tensor_dtype(t.name)))
-            for t in self.inputs
-        }
-        self._select_profile({n: a.shape for n, a in arrays.items()})
+        arrays = {t.name: np.ascontiguousarray(feeds[t.name], dtype=self._dtype(t.name)) for t in self.inputs}
+        bound = self._bind({n: a.shape for n, a in arrays.items()})
+        rt, stream = self._rt, self._stream
         for name, array in arrays.items():
-            context.set_input_shape(name, array.shape)
-            pointer = self._device(name, array.nbytes)
-            check(self._rt.cudaMemcpyAsync(pointer, array.ctypes.data, array.nbytes, H2D, self._stream), "H2D copy")
-            context.set_tensor_address(name, pointer)
-        results: dict[str, NDArray[Any]] = {}
-        for tensor in self.outputs:
-            shape = tuple(context.get_tensor_shape(tensor.name))
-            host = np.empty(shape, dtype=trt.nptype(self._engine.get_tensor_dtype(tensor.name)))
-            context.set_tensor_address(tensor.name, self._device(tensor.name, host.nbytes))
-            results[tensor.name] = host
-        if not context.execute_async_v3(self._stream):
-            raise EngineMismatchError(f"TensorRT failed to run the {self._spec.component.value} engine")
+            check(rt.cudaMemcpyAsync(bound.pointers[name], array.ctypes.data, array.nbytes, H2D, stream), "H2D copy")
+        self._execute(bound)
+        results = {name: np.empty(shape, dtype=dtype) for name, (shape, dtype) in bound.outputs.items()}
         for name, host in results.items():
-            pointer = self._buffers[name][0]
-            check(self._rt.cudaMemcpyAsync(host.ctypes.data, pointer, host.nbytes, D2H, self._stream), "D2H copy")
-        check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            check(rt.cudaMemcpyAsync(host.ctypes.data, bound.pointers[name], host.nbytes, D2H, stream), "D2H copy")
+        check(rt.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
         return {name: host.astype(np.float32, copy=False) for name, host in results.items()}
 
+    def run_device(self, feeds: Mapping[str, Any], ops: Any) -> dict[str, Any]:
+        """Device arrays in and out (``ops``' kind, float32 out); nothing crosses to the host.
+
+        The inputs are copied into this shape's fixed buffers on the arrays' stream, which is then waited for;
+        the engine runs on the session's stream; the outputs are copied out of the fixed buffers (so a later
+        run cannot overwrite what the caller holds).
+        """
+        bound = self._bind({t.name: tuple(feeds[t.name].shape) for t in self.inputs}, ops)
+        for t in self.inputs:
+            ops.copy_into(bound.arrays[t.name], feeds[t.name])
+        ops.synchronize()
+        self._execute(bound)
+        check(self._rt.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        return {t.name: ops.copy(ops.cast(bound.arrays[t.name], "float32")) for t in self.outputs}
+
     def __del__(self) -> None:
-        for pointer, _ in getattr(self, "_buffers", {}).values():
-            self._rt.cudaFree(pointer)
+        rt: Any = getattr(self, "_rt", None)
+        for bound in getattr(self, "_bound", {}).values():
+            if bound.graph is not None:
+                rt.cudaGraphExecDestroy(bound.graph)
+            if not bound.arrays:
+                for pointer in bound.pointers.values():
+                    rt.cudaFree(pointer)
 
 
 def open_tensorrt_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, TensorRTSession]:
@@ -153,6 +236,10 @@ def open_tensorrt_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component
     sessions = {}
     for component, plan in engine_set.plans.items():
         sessions[component] = TensorRTSession.from_bytes(
-            manifest.path(plan.file).read_bytes(), manifest.specs[component], graph=plan.file, precision=plan.precision
+            manifest.path(plan.file).read_bytes(),
+            manifest.specs[component],
+            graph=plan.file,
+            precision=plan.precision,
+            cuda_graph=cfg.cuda_graph and component is Component.UNET,
         )
     return sessions

@@ -123,6 +123,20 @@ class TorchSession(BoundSession):
             out = self._module(*(self._tensor(np.asarray(feeds[t.name])) for t in self._spec.inputs))
         return {self._spec.outputs[0].name: out.float().cpu().numpy()}
 
+    def run_device(self, feeds: Mapping[str, Any], ops: Any) -> dict[str, Any]:
+        """Device arrays in and out (``--loop``): torch tensors are used as they are, CuPy arrays through DLPack."""
+
+        def tensor(value: Any) -> torch.Tensor:
+            import torch.utils.dlpack
+
+            t = value if isinstance(value, torch.Tensor) else torch.utils.dlpack.from_dlpack(value)
+            t = t.to(self._device)
+            return t.to(self._dtype) if t.is_floating_point() else t
+
+        with torch.inference_mode(), torch.autocast(self._device, torch.bfloat16, enabled=self._autocast):
+            out = self._module(*(tensor(feeds[t.name]) for t in self._spec.inputs))
+        return {self._spec.outputs[0].name: ops.state(out.float())}
+
 
 def open_torch_sessions(
     manifest: Manifest, cfg: RunConfig, *, model_dir: Path | None = None
