@@ -114,6 +114,8 @@ def ship(work: Path, out: Path, log: Any = print) -> Path:
         if (work / name).exists():
             shutil.copy2(work / name, training / name)
     plot_losses(training)
+    if (work / "previous").is_dir():  # a run continued with --init-from: the stages before it
+        shutil.copytree(work / "previous", training / "previous")
     if out.exists():
         shutil.rmtree(out)
     stage.rename(out)

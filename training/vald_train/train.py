@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -308,6 +309,8 @@ def _continue(model: Path, work: Path, recipe: Recipe, data: TrainingSet, log: L
     text_encoder = BertModel.from_pretrained(model / "text_encoder").eval()
     unet = UNet2DConditionModel.from_pretrained(model / "unet")
     log(f"continuing from {model}: VAE and text encoder kept, UNet trained {recipe.unet_steps} more steps")
+    if (model.parent / "training").is_dir():  # the earlier stages' recipe, log and curves travel with the model
+        shutil.copytree(model.parent / "training", work / "previous", dirs_exist_ok=True)
     stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, unet)
     ema = _train_unet_stage(stage, vae, text_encoder, data, recipe, work, log, init=unet)
     return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)
