@@ -309,8 +309,21 @@ def _continue(model: Path, work: Path, recipe: Recipe, data: TrainingSet, log: L
     text_encoder = BertModel.from_pretrained(model / "text_encoder").eval()
     unet = UNet2DConditionModel.from_pretrained(model / "unet")
     log(f"continuing from {model}: VAE and text encoder kept, UNet trained {recipe.unet_steps} more steps")
-    if (model.parent / "training").is_dir():  # the earlier stages' recipe, log and curves travel with the model
-        shutil.copytree(model.parent / "training", work / "previous", dirs_exist_ok=True)
+    _keep_history(model.parent, work / "previous")
     stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, unet)
     ema = _train_unet_stage(stage, vae, text_encoder, data, recipe, work, log, init=unet)
     return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)
+
+
+HISTORY = ("recipe.json", "train.log", "vae_loss.csv", "unet_loss.csv", "decoder_loss.csv", "loss.png")
+
+
+def _keep_history(source: Path, previous: Path) -> None:
+    """The earlier stages' recipe, log and curves, from a shipped folder (``training/``) or a work folder."""
+    folder = source / "training" if (source / "training").is_dir() else source
+    previous.mkdir(parents=True, exist_ok=True)
+    for name in HISTORY:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, previous / name)
+    if (folder / "previous").is_dir():  # a stage before that one
+        shutil.copytree(folder / "previous", previous / "previous", dirs_exist_ok=True)
