@@ -130,6 +130,6 @@ def test_a_config_file_for_induce_starts_from_the_induce_defaults(tmp_path: Path
     path = tmp_path / "induce.toml"
     path.write_text("seed = 3\n")
     cfg = RunConfig.from_toml(path, INDUCE_DEFAULTS)
-    assert (cfg.seed, cfg.strength, cfg.guidance, cfg.mode) == (3, 1.0, 12.0, INDUCE_DEFAULTS.mode)
+    assert (cfg.seed, cfg.strength, cfg.guidance, cfg.mode) == (3, 1.0, 9.0, INDUCE_DEFAULTS.mode)
     assert cfg.negative_prompt == INDUCE_DEFAULTS.negative_prompt != ""
     assert RunConfig.from_toml(path).strength == RunConfig().strength
