@@ -19,22 +19,12 @@ from numpy.typing import NDArray
 
 from vald.config import RunConfig, SchedulerKind
 from vald.errors import ConfigError, InputError
-from vald.pipeline import (
-    Branch,
-    Engines,
-    Timings,
-    decode_latents,
-    draw_noise,
-    encode_image,
-    make_batched_denoiser,
-    text_states,
-)
+from vald.pipeline import Engines, Timings, decode_latents, draw_noise, encode_image, make_denoiser, text_states
 from vald.sampling import OnStep, add_noise, sample_ddim
 from vald.schedules import plan_ddim
 from vald.spec import Component
 
 F32 = NDArray[np.float32]
-F64 = NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -94,8 +84,7 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
         known = math.sqrt(a) * z_state + math.sqrt(1 - a) * noise_state
         return inside * x_prev + (1.0 - inside) * known
 
-    unet = engines.sessions[Component.UNET]
-    denoiser = make_batched_denoiser(unet, [Branch(finding, negative, cfg.guidance)], timings, ops)
+    denoiser = make_denoiser(engines.sessions[Component.UNET], finding, negative, cfg.guidance, timings, ops)
     x_t = add_noise(z, noise, plan.start_alpha_bar)
     x0 = sample_ddim(denoiser, x_t, plan, on_step=on_step, constrain=keep_outside, ops=ops)
     decoded = decode_latents(engines, x0, timings)

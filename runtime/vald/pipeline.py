@@ -117,13 +117,15 @@ def make_batched_denoiser(
     return denoiser
 
 
-def make_denoiser(unet: Session, cond: Array, uncond: Array | None, guidance: float, timings: Timings) -> Denoiser:
+def make_denoiser(
+    unet: Session, cond: Array, uncond: Array | None, guidance: float, timings: Timings, ops: ArrayOps = HOST
+) -> Denoiser:
     """Classifier-free guidance in one batch-2 UNet call (one branch of :func:`make_batched_denoiser`).
 
     ``cond``/``uncond`` are ``[1, S, hidden]`` text states; with ``uncond`` None or
     ``guidance == 1`` the UNet runs on the conditional batch only.
     """
-    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance)], timings)
+    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance)], timings, ops)
 
 
 def draw_noise(seed: int, shape: tuple[int, ...], count: int) -> list[Array]:

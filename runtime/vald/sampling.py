@@ -35,7 +35,7 @@ class ArrayOps(Protocol):
     """How the sampler holds its state and talks to the denoiser.
 
     ``state``, ``net``, ``clip`` and ``result`` are all the loops use; the denoiser and the mask constraints
-    around them also stack and split batches (``cat``, ``split``, ``repeat_rows``), check finiteness, and run
+    around them also stack and split batches (``cat``, ``split``), check finiteness, and run
     the UNet session on arrays of this kind (``run``).
     """
 
@@ -63,10 +63,6 @@ class ArrayOps(Protocol):
 
     def split(self, x: Any, parts: int) -> list[Any]:
         """``parts`` equal slices along the batch axis."""
-        ...
-
-    def repeat_rows(self, x: Any, times: int) -> Any:
-        """Each batch row repeated ``times`` times in place (``[a, b] -> [a, a, b, b]``)."""
         ...
 
     def finite(self, x: Any) -> bool:
@@ -107,10 +103,6 @@ class HostOps:
     def split(self, x: Any, parts: int) -> list[Any]:
         """np.split."""
         return list(np.split(x, parts))
-
-    def repeat_rows(self, x: Any, times: int) -> Any:
-        """np.repeat on axis 0."""
-        return np.repeat(x, times, axis=0)
 
     def finite(self, x: Any) -> bool:
         """np.isfinite over all values."""

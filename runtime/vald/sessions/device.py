@@ -65,10 +65,6 @@ class TorchDeviceOps:
         """torch.chunk."""
         return list(self._torch.chunk(x, parts))
 
-    def repeat_rows(self, x: Any, times: int) -> Any:
-        """repeat_interleave."""
-        return self._torch.repeat_interleave(x, times, dim=0)
-
     def finite(self, x: Any) -> bool:
         """torch.isfinite (one scalar comes down)."""
         return bool(self._torch.isfinite(x).all())
@@ -145,10 +141,6 @@ class CupyDeviceOps:
     def split(self, x: Any, parts: int) -> list[Any]:
         """cupy.split."""
         return list(self._cp.split(x, parts))
-
-    def repeat_rows(self, x: Any, times: int) -> Any:
-        """cupy.repeat on axis 0."""
-        return self._cp.repeat(x, times, axis=0)
 
     def finite(self, x: Any) -> bool:
         """cupy.isfinite (one scalar comes down)."""
