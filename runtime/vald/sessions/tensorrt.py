@@ -128,19 +128,24 @@ class TensorRTSession(BoundSession):
             "rebuild it for these settings with vald build"
         )
 
+    def _use(self, profile: int, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Put the context on ``profile`` and these input shapes."""
+        if profile != self._profile:
+            self._context.set_optimization_profile_async(profile, self._stream)
+            self._profile = profile
+        for name, shape in shapes.items():
+            self._context.set_input_shape(name, shape)
+
     def _bind(self, shapes: Mapping[str, tuple[int, ...]], ops: Any = None) -> _Bound:
         """The buffers of this input shape (allocated on first use) with the context set up for them."""
         key = (ops is not None, *sorted(shapes.items()))
         bound = self._bound.get(key)
-        context = self._context
         if bound is None:
             profile = self._profile_for(shapes)
-            if profile != self._profile:
-                context.set_optimization_profile_async(profile, self._stream)
-                self._profile = profile
-            for name, shape in shapes.items():
-                context.set_input_shape(name, shape)
-            outputs = {t.name: (tuple(context.get_tensor_shape(t.name)), self._dtype(t.name)) for t in self.outputs}
+            self._use(profile, shapes)  # the output shapes follow from the input shapes
+            outputs = {
+                t.name: (tuple(self._context.get_tensor_shape(t.name)), self._dtype(t.name)) for t in self.outputs
+            }
             sizes = {n: (shape, self._dtype(n)) for n, shape in shapes.items()} | outputs
             pointers, arrays = {}, {}
             for name, (shape, dtype) in sizes.items():
@@ -151,15 +156,11 @@ class TensorRTSession(BoundSession):
                     arrays[name] = ops.empty(shape, dtype.name)
                     pointers[name] = ops.pointer(arrays[name])
             bound = self._bound[key] = _Bound(pointers, arrays, outputs, profile)
-            self._current = None
-        if self._current != key:  # another shape ran last: its shapes and addresses are in the context
-            if bound.profile != self._profile:
-                context.set_optimization_profile_async(bound.profile, self._stream)
-                self._profile = bound.profile
-            for name, shape in shapes.items():
-                context.set_input_shape(name, shape)
+        elif self._current != key:  # another shape ran last: its profile and shapes are in the context
+            self._use(bound.profile, shapes)
+        if self._current != key:
             for name, pointer in bound.pointers.items():
-                context.set_tensor_address(name, pointer)
+                self._context.set_tensor_address(name, pointer)
             self._current = key
         return bound
 

@@ -113,8 +113,10 @@ class TorchSession(BoundSession):
         self._autocast = precision is Precision.BF16
         self._info = SessionInfo("torch", device, precision.value, torch.get_num_threads())
 
-    def _tensor(self, value: NDArray[Any]) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(value)).to(self._device)
+    def _tensor(self, value: NDArray[Any] | torch.Tensor) -> torch.Tensor:
+        """A feed on this session's device, floating point in its dtype (numpy copied, torch moved)."""
+        t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+        t = t.to(self._device)
         return t.to(self._dtype) if t.is_floating_point() else t
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
@@ -125,16 +127,13 @@ class TorchSession(BoundSession):
 
     def run_device(self, feeds: Mapping[str, Any], ops: Any) -> dict[str, Any]:
         """Device arrays in and out (``--loop``): torch tensors are used as they are, CuPy arrays through DLPack."""
+        import torch.utils.dlpack
 
         def tensor(value: Any) -> torch.Tensor:
-            import torch.utils.dlpack
-
-            t = value if isinstance(value, torch.Tensor) else torch.utils.dlpack.from_dlpack(value)
-            t = t.to(self._device)
-            return t.to(self._dtype) if t.is_floating_point() else t
+            return value if isinstance(value, torch.Tensor) else torch.utils.dlpack.from_dlpack(value)
 
         with torch.inference_mode(), torch.autocast(self._device, torch.bfloat16, enabled=self._autocast):
-            out = self._module(*(tensor(feeds[t.name]) for t in self._spec.inputs))
+            out = self._module(*(self._tensor(tensor(feeds[t.name])) for t in self._spec.inputs))
         return {self._spec.outputs[0].name: ops.state(out.float())}
 
 
