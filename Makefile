@@ -36,7 +36,7 @@ demo: $(RUN_SETUP)
 # with other draws (about 40 minutes); each stage resumes where it stopped when run again.
 retrain: setup
 	$(PY) -m vald_train build/train/demo
-	$(PY) -m vald_train build/train/demo-2 --init-from build/train/demo/model --unet-steps 3000 --unet-lr 0.00015 --seed 1
+	$(PY) -m vald_train build/train/demo-2 --init-from build/train/demo/model --unet-steps 3000 --unet-lr 0.00015 --decoder-steps 0 --seed 1
 	$(PY) -m vald_train.ship build/train/demo-2 --out engines/demo
 	$(PY) -m vald_train.classifier --out engines/classifier --data build/train/demo/data.npz
 

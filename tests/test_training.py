@@ -45,7 +45,7 @@ def _weights(folder: Path) -> dict[str, np.ndarray]:
 def test_a_continued_run_trains_only_the_unet_and_keeps_the_history(tmp_path: Path) -> None:
     first = run(tmp_path / "first", RECIPE, log=lambda _m: None)
     (tmp_path / "first" / "train.log").write_text("stage one\n", encoding="utf-8")
-    recipe = Recipe(**{**RECIPE.__dict__, "init_from": str(first), "seed": 1, "unet_steps": 2})
+    recipe = Recipe(**{**RECIPE.__dict__, "init_from": str(first), "seed": 1, "unet_steps": 2, "decoder_steps": 0})
     second = run(tmp_path / "second", recipe, log=lambda _m: None)
 
     for part in ("vae", "text_encoder"):  # kept as they were
@@ -57,6 +57,20 @@ def test_a_continued_run_trains_only_the_unet_and_keeps_the_history(tmp_path: Pa
     assert (previous / "train.log").read_text(encoding="utf-8") == "stage one\n"
     assert json.loads((previous / "recipe.json").read_text(encoding="utf-8"))["init_from"] == ""
     assert json.loads((tmp_path / "second" / "recipe.json").read_text(encoding="utf-8"))["init_from"] == str(first)
+
+
+def test_a_continued_run_can_train_only_the_decoder_with_the_encoder_frozen(tmp_path: Path) -> None:
+    first = run(tmp_path / "first", RECIPE, log=lambda _m: None)
+    recipe = Recipe(**{**RECIPE.__dict__, "init_from": str(first), "seed": 1, "unet_steps": 0, "decoder_steps": 2})
+    second = run(tmp_path / "second", recipe, log=lambda _m: None)
+
+    for part in ("unet", "text_encoder"):
+        a, b = _weights(first / part), _weights(second / part)
+        assert all(np.array_equal(a[k], b[k]) for k in a)
+    a, b = _weights(first / "vae"), _weights(second / "vae")
+    changed = {k.split(".")[0] for k in a if not np.array_equal(a[k], b[k])}
+    assert changed and changed <= {"decoder", "post_quant_conv"}  # the latent space the UNet reads is unchanged
+    assert (tmp_path / "second" / "decoder_loss.csv").is_file()
 
 
 def test_continuing_from_a_folder_without_a_model_says_so(tmp_path: Path) -> None:

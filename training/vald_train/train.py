@@ -296,9 +296,10 @@ def _train_unet_stage(
 
 
 def _continue(model: Path, work: Path, recipe: Recipe, data: TrainingSet, log: Log) -> Path:
-    """Train the UNet of ``model`` (a folder this recipe wrote, e.g. ``engines/demo/model``) further.
+    """Train ``model`` (a folder this recipe wrote, e.g. ``engines/demo/model``) further.
 
-    It trains ``unet_steps`` more steps; the VAE (decoder fine-tune included) and text encoder are kept.
+    The UNet trains ``unet_steps`` more steps and the decoder ``decoder_steps`` more (encoder frozen, so
+    the latents the UNet reads do not move); either may be 0.  The text encoder and the VAE's encoder are kept.
     """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import BertModel
@@ -308,11 +309,21 @@ def _continue(model: Path, work: Path, recipe: Recipe, data: TrainingSet, log: L
     vae = AutoencoderKL.from_pretrained(model / "vae").eval()
     text_encoder = BertModel.from_pretrained(model / "text_encoder").eval()
     unet = UNet2DConditionModel.from_pretrained(model / "unet")
-    log(f"continuing from {model}: VAE and text encoder kept, UNet trained {recipe.unet_steps} more steps")
+    log(
+        f"continuing from {model}: text encoder and VAE encoder kept, UNet trained {recipe.unet_steps} more "
+        f"steps, decoder {recipe.decoder_steps} more"
+    )
     _keep_history(model.parent, work / "previous")
-    stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, unet)
-    ema = _train_unet_stage(stage, vae, text_encoder, data, recipe, work, log, init=unet)
-    return write_model_folder(work / "model", recipe.arch, vae, text_encoder, ema)
+    decoded_by = vae
+    if recipe.decoder_steps:
+        if not (work / "vae_finetuned" / "config.json").exists():
+            tuned = finetune_decoder(AutoencoderKL.from_pretrained(model / "vae"), data, recipe, work, log)
+            tuned.save_pretrained(work / "vae_finetuned")
+        decoded_by = AutoencoderKL.from_pretrained(work / "vae_finetuned").eval()
+    if recipe.unet_steps:
+        stage = write_model_folder(work / "model", recipe.arch, vae, text_encoder, unet)
+        unet = _train_unet_stage(stage, vae, text_encoder, data, recipe, work, log, init=unet)
+    return write_model_folder(work / "model", recipe.arch, decoded_by, text_encoder, unet)
 
 
 HISTORY = ("recipe.json", "train.log", "vae_loss.csv", "unet_loss.csv", "decoder_loss.csv", "loss.png")
