@@ -52,11 +52,23 @@ def test_config_file_settings_and_cli_override(engines: Path, small_png: Path, t
     cfg = tmp_path / "vald.toml"
     cfg.write_text('mode = "img2img"\nstrength = 0.3\nsteps = 3\nscheduler = "dpmpp-2m"\nseed = 9\n')
     code, out, _ = _run(
-        capsys, str(small_png), "--engines", str(engines), "--out", str(tmp_path), "--config", str(cfg), "--seed", "4"
+        capsys,
+        str(small_png),
+        "--engines",
+        str(engines),
+        "--out",
+        str(tmp_path),
+        "--config",
+        str(cfg),
+        "--seed",
+        "4",
+        "--guidance-min-t",
+        "300",
     )
     assert code == 0
     settings = json.loads((Path(out) / "result.json").read_text())["settings"]
     assert (settings["strength"], settings["steps"], settings["scheduler"], settings["seed"]) == (0.3, 3, "dpmpp-2m", 4)
+    assert settings["guidance_min_t"] == 300
 
 
 @pytest.mark.parametrize(
@@ -66,6 +78,8 @@ def test_config_file_settings_and_cli_override(engines: Path, small_png: Path, t
         (["--strength", "1.5"], "strength=1.5 is out of range"),
         (["--steps", "0"], "steps=0 is out of range"),
         (["--guidance", "0.5"], "guidance=0.5 is out of range"),
+        (["--guidance-min-t", "-1"], "guidance_min_t=-1 is out of range"),
+        (["--guidance-min-t", "1000"], "guidance_min_t=1000 is not below"),
         (["--provider", "cuda"], "CUDAExecutionProvider"),
         (["--backend", "torch", "--precision", "fp16"], "needs provider=cuda"),
     ],

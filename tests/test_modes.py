@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vald.app import open_engines
-from vald.attribution import attribute
+from vald.attribution import attribute, check_against_model
 from vald.cli import main
 from vald.config import Mode, RunConfig
 from vald.errors import ConfigError, InputError
@@ -195,3 +195,35 @@ def test_cli_induce_and_mode_provenance(engines: Path, small_png: Path, tmp_path
     assert "finding_prompt" not in settings and len(settings["finding_prompt_sha256"]) == 64
     assert main(["run", str(small_png), *args, "--mode", "paired"]) == 2
     assert "finding_prompt" in capsys.readouterr().err
+
+
+def test_a_guidance_interval_guides_only_the_noisier_steps(engines: Path) -> None:
+    """Below ``guidance_min_t`` the unconditional rows leave the batch and the prompt alone steers."""
+    from dataclasses import replace
+
+    from vald.attribution import _sample
+    from vald.pipeline import Timings, make_denoiser
+
+    eng, x = _input(engines)
+    counting = _CountingUnet(eng.sessions[Component.UNET])
+    eng = replace(eng, sessions={**eng.sessions, Component.UNET: counting})
+    cfg = RunConfig(mode="img2img", steps=10, strength=0.5, seed=3, guidance=4.0, guidance_min_t=250)
+    got = attribute(eng, x, cfg)
+    plan = plan_ddim(eng.schedule, cfg.steps, cfg.strength)
+    assert counting.batches == [2 if t >= 250 else 1 for t in plan.timesteps] and 1 in counting.batches
+    t = Timings()
+    negative, target = np.split(text_states(eng, [cfg.negative_prompt, cfg.prompt], t), 2)
+    guided, plain = (
+        make_denoiser(counting.inner, target, negative, 4.0, t),
+        make_denoiser(counting.inner, target, None, 1.0, t),
+    )
+    z = encode_image(eng, x, t)
+    start = add_noise(z, draw_noise(cfg.seed, z.shape, 1)[0], plan.start_alpha_bar)
+    cf = _sample(
+        lambda x_, t_: guided(x_, t_) if t_ >= 250 else plain(x_, t_), start, plan, 0.0, 3, lambda i, n: None, 1
+    )
+    assert np.abs(decode_latents(eng, cf, t) - got.counterfactual).max() < 1e-5
+    everywhere = attribute(eng, x, cfg.replace(guidance_min_t=0))
+    assert np.abs(everywhere.counterfactual - got.counterfactual).max() > 1e-4  # the setting does something
+    with pytest.raises(ConfigError, match="guidance_min_t=1000"):
+        check_against_model(eng, cfg.replace(guidance_min_t=1000))

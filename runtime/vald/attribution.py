@@ -102,6 +102,11 @@ def _plan(engines: Engines, cfg: RunConfig) -> DdimPlan | DpmPlan:
 def check_against_model(engines: Engines, cfg: RunConfig) -> None:
     """ConfigError if ``cfg`` cannot run on this model (e.g. more steps than its training timesteps)."""
     _plan(engines, cfg)
+    if cfg.guidance_min_t >= engines.schedule.num_train_timesteps:
+        raise ConfigError(
+            f"guidance_min_t={cfg.guidance_min_t} is not below the model's {engines.schedule.num_train_timesteps} "
+            "training timesteps: guidance would never apply"
+        )
 
 
 def _sample(
@@ -169,7 +174,7 @@ def attribute(
     )
     z = encode_image(engines, image01, timings)
     unet = engines.sessions[Component.UNET]
-    to_target = Branch(target, negative, cfg.guidance)
+    to_target = Branch(target, negative, cfg.guidance, cfg.guidance_min_t)
     starts: list[tuple[Array, int]]
     if cfg.mode is Mode.INVERSION:
         if not isinstance(plan, DdimPlan):
@@ -180,7 +185,9 @@ def attribute(
         starts = [(inverted, cfg.seed)]
     else:
         guided_source = bool(cfg.finding_prompt)
-        to_source = Branch(source if guided_source else negative, negative, cfg.guidance if guided_source else 1.0)
+        to_source = Branch(
+            source if guided_source else negative, negative, cfg.guidance if guided_source else 1.0, cfg.guidance_min_t
+        )
         alpha_bar = plan.start_alpha_bar
         seeds = [cfg.seed + k for k in range(cfg.average)]
         starts = [(add_noise(z, draw_noise(s, z.shape, 1)[0], alpha_bar), s) for s in seeds]

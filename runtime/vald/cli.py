@@ -56,6 +56,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strength", type=float, help="fraction of the schedule re-noised, (0, 1]")
     p.add_argument("--steps", type=int, help="sampler steps of the full schedule (default 50)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale >= 1")
+    p.add_argument(
+        "--guidance-min-t",
+        type=int,
+        help="apply guidance only at UNet timesteps >= this; below, the prompt alone steers (default 0: every step)",
+    )
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
     p.add_argument("--negative-prompt", help="negative / unconditional prompt (default empty)")
     p.add_argument("--seed", type=int, help="noise seed (default 0)")
@@ -156,6 +161,7 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--reference", choices=[r.value for r in Reference])
     for name, kind in (("--strength", float), ("--steps", int), ("--guidance", float), ("--seed", int)):
         p.add_argument(name, type=kind)
+    p.add_argument("--guidance-min-t", type=int)
     p.add_argument("--average", type=int)
     p.add_argument("--backend", choices=[b.value for b in Backend])
     p.add_argument("--provider", choices=[x.value for x in Provider])
@@ -220,7 +226,7 @@ def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     cfg = RunConfig.from_toml(args.config, base) if args.config else base
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
     names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads", "cuda_graph"]
-    names += ["loop"]
+    names += ["loop", "guidance_min_t"]
     return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
 

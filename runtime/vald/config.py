@@ -106,7 +106,9 @@ class RunConfig:
 
     ``strength`` in (0, 1] is the fraction of the schedule that is re-noised and
     denoised (img2img); ``guidance`` >= 1 is the classifier-free guidance scale
-    (1 = conditional only); ``eta`` in [0, 1] is DDIM's stochasticity.
+    (1 = conditional only); ``guidance_min_t`` limits guidance to the UNet timesteps ``t >= guidance_min_t``
+    (below it the conditional prediction alone steers, as in Kynkäänniemi et al. 2024's guidance interval;
+    0 = every step, as diffusers does); ``eta`` in [0, 1] is DDIM's stochasticity.
     ``mode`` picks img2img, DDIM inversion or paired-noise; ``finding_prompt`` is
     the finding's text (required by paired, optional inversion prompt);
     ``average`` is the number of seeds averaged (img2img and paired);
@@ -122,6 +124,7 @@ class RunConfig:
     strength: float = 0.7  # best of the sweep in benchmarks/results (removal vs collateral change)
     steps: int = 50
     guidance: float = 5.0  # the sweep on the shipped model (benchmarks/results/sweep.json): see the README
+    guidance_min_t: int = 0
     eta: float = 0.0
     seed: int = 0
     scheduler: SchedulerKind = SchedulerKind.DDIM
@@ -147,6 +150,7 @@ class RunConfig:
         _check_number(self, "strength", float, low=0.0, low_open=True, high=1.0)
         _check_number(self, "steps", int, low=1)
         _check_number(self, "guidance", float, low=1.0)
+        _check_number(self, "guidance_min_t", int, low=0, high=100_000)
         _check_number(self, "eta", float, low=0.0, high=1.0)
         _check_number(self, "seed", int, low=0, high=2**63 - 1)
         _check_number(self, "average", int, low=1, high=64)

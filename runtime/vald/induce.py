@@ -84,7 +84,8 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
         known = math.sqrt(a) * z_state + math.sqrt(1 - a) * noise_state
         return inside * x_prev + (1.0 - inside) * known
 
-    denoiser = make_denoiser(engines.sessions[Component.UNET], finding, negative, cfg.guidance, timings, ops)
+    unet = engines.sessions[Component.UNET]
+    denoiser = make_denoiser(unet, finding, negative, cfg.guidance, timings, ops, min_t=cfg.guidance_min_t)
     x_t = add_noise(z, noise, plan.start_alpha_bar)
     x0 = sample_ddim(denoiser, x_t, plan, on_step=on_step, constrain=keep_outside, ops=ops)
     decoded = decode_latents(engines, x0, timings)

@@ -56,21 +56,23 @@ class Timings:
 
 @dataclass(frozen=True)
 class Branch:
-    """One conditioning of a batched denoiser: ``cond`` states, optional ``uncond`` and the guidance scale."""
+    """One conditioning of a batched denoiser: ``cond`` states, optional ``uncond`` and the guidance scale.
+
+    Guidance applies at timesteps ``t >= min_t``; below, the branch is ``e_c`` alone.
+    """
 
     cond: Array
     uncond: Array | None = None
     guidance: float = 1.0
+    min_t: int = 0
 
-    @property
-    def guided(self) -> bool:
-        """Whether this branch needs the unconditional prediction too (CFG)."""
-        return self.uncond is not None and self.guidance > 1.0
+    def guided_at(self, t: int) -> bool:
+        """Whether this branch needs the unconditional prediction too (CFG) at timestep ``t``."""
+        return self.uncond is not None and self.guidance > 1.0 and t >= self.min_t
 
-    @property
-    def states(self) -> list[Array]:
+    def states(self, guided: bool) -> list[Array]:
         """Text states this branch adds to the UNet batch, in batch order."""
-        return [self.uncond, self.cond] if self.guided and self.uncond is not None else [self.cond]
+        return [self.uncond, self.cond] if guided and self.uncond is not None else [self.cond]
 
 
 def make_batched_denoiser(
@@ -83,29 +85,31 @@ def make_batched_denoiser(
     guided, else ``e_c``.  The UNet batch is ``[x_1 (uncond), x_1 (cond), x_2 (cond), ...]``: a
     counterfactual (guided) and a reconstruction (unguided) stepping from the same timestep cost one
     batch-3 call instead of a batch-2 and a batch-1 call.  The samplers are elementwise over the batch,
-    so each slice follows exactly the trajectory it would alone.
+    so each slice follows exactly the trajectory it would alone.  Below a branch's ``min_t`` its
+    unconditional rows leave the batch.
 
     ``ops`` says what kind of arrays ``x`` is (numpy on the host, or device arrays: then the text states,
     the timesteps and the UNet's output live on the device too, and nothing is copied per step).
     """
-    host_states = np.concatenate([s for b in branches for s in b.states]).astype(np.float32)
-    states: dict[int, Any] = {}  # rows per branch -> the repeated states, as ``ops`` arrays
+    states: dict[tuple[int, tuple[bool, ...]], Any] = {}  # (rows per branch, guided) -> states as ``ops`` arrays
     timesteps: dict[tuple[int, int], Any] = {}
 
     def denoiser(x: Any, t: int) -> Any:
+        guided = tuple(b.guided_at(t) for b in branches)
         slices = ops.split(x, len(branches))
-        batch = ops.cat([x_k for b, x_k in zip(branches, slices, strict=True) for _ in range(1 + b.guided)])
+        batch = ops.cat([x_k for g, x_k in zip(guided, slices, strict=True) for _ in range(1 + g)])
         rows = x.shape[0] // len(branches)
-        if rows not in states:
-            states[rows] = ops.net(np.repeat(host_states, rows, axis=0))
-        size = rows * len(host_states)
+        if (rows, guided) not in states:
+            host = np.concatenate([s for b, g in zip(branches, guided, strict=True) for s in b.states(g)])
+            states[(rows, guided)] = ops.net(np.repeat(host.astype(np.float32), rows, axis=0))
+        size = rows * (len(branches) + sum(guided))
         if (t, size) not in timesteps:
             timesteps[(t, size)] = ops.net(np.full((size,), t, dtype=np.float32))
-        feeds = {"sample": batch, "timestep": timesteps[(t, size)], "encoder_hidden_states": states[rows]}
+        feeds = {"sample": batch, "timestep": timesteps[(t, size)], "encoder_hidden_states": states[(rows, guided)]}
         out = timings.run("unet", lambda: ops.run(unet, feeds)["out_sample"], ops)
         results, at = [], 0
-        for b in branches:
-            if b.guided:
+        for b, g in zip(branches, guided, strict=True):
+            if g:
                 e_u, e_c = out[at : at + rows], out[at + rows : at + 2 * rows]
                 results.append(e_u + b.guidance * (e_c - e_u))
                 at += 2 * rows
@@ -118,14 +122,20 @@ def make_batched_denoiser(
 
 
 def make_denoiser(
-    unet: Session, cond: Array, uncond: Array | None, guidance: float, timings: Timings, ops: ArrayOps = HOST
+    unet: Session,
+    cond: Array,
+    uncond: Array | None,
+    guidance: float,
+    timings: Timings,
+    ops: ArrayOps = HOST,
+    min_t: int = 0,
 ) -> Denoiser:
     """Classifier-free guidance in one batch-2 UNet call (one branch of :func:`make_batched_denoiser`).
 
-    ``cond``/``uncond`` are ``[1, S, hidden]`` text states; with ``uncond`` None or
-    ``guidance == 1`` the UNet runs on the conditional batch only.
+    ``cond``/``uncond`` are ``[1, S, hidden]`` text states; with ``uncond`` None, ``guidance == 1``
+    or a timestep below ``min_t`` the UNet runs on the conditional batch only.
     """
-    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance)], timings, ops)
+    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance, min_t)], timings, ops)
 
 
 def draw_noise(seed: int, shape: tuple[int, ...], count: int) -> list[Array]:

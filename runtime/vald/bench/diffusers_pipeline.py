@@ -44,6 +44,8 @@ def prepare(spec: Mapping[str, Any]) -> tuple[Callable[[], tuple[F32, F32, dict[
     cfg = RunConfig.from_mapping(spec["settings"])
     if cfg.mode is not Mode.IMG2IMG:
         raise ConfigError("the diffusers contender runs img2img only (mode=img2img)")
+    if cfg.guidance_min_t:
+        raise ConfigError("the diffusers contender guides at every step: it needs guidance_min_t=0")
     torch.set_num_threads(cfg.resolved_threads)
     pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
         Path(spec["model_dir"]),
