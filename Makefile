@@ -33,11 +33,14 @@ demo: $(RUN_SETUP)
 
 # Re-train the demo model from scratch and rebuild engines/demo from it, as shipped: the recipe's stages
 # (about 90 minutes on 2 CPU cores), then the UNet continued for 3,000 more steps at half the learning rate
-# with other draws (about 40 minutes); each stage resumes where it stopped when run again.
+# with other draws (about 40 minutes), then a third stage: the decoder 3,000 more steps (encoder frozen) and
+# the UNet 3,000 more at a third of the rate (about 45 minutes); each stage resumes where it stopped.
 retrain: setup
 	$(PY) -m vald_train build/train/demo
 	$(PY) -m vald_train build/train/demo-2 --init-from build/train/demo/model --unet-steps 3000 --unet-lr 0.00015 --decoder-steps 0 --seed 1
-	$(PY) -m vald_train.ship build/train/demo-2 --out engines/demo
+	$(PY) -m vald_train build/train/demo-3 --init-from build/train/demo-2/model --unet-steps 3000 --unet-lr 0.0001 \
+		--decoder-steps 3000 --decoder-lr 0.0003 --seed 2
+	$(PY) -m vald_train.ship build/train/demo-3 --out engines/demo
 	$(PY) -m vald_train.classifier --out engines/classifier --data build/train/demo/data.npz
 
 # Latency, memory and accuracy of every backend against the PyTorch reference (JSON, tables and a plot in

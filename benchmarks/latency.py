@@ -85,7 +85,7 @@ def main() -> int:
     if args.only in (None, "demo"):
         steps = ["--steps", "20", "--repeats", "1", "--quick"] if args.quick else ["--repeats", "5"]
         vald("bench", *demo, *steps)
-        vald("bench", *demo, *steps, "--mode", "img2img")
+        vald("bench", *demo, *steps, "--mode", "img2img", "--guidance-min-t", "0")  # as diffusers guides
         vald(
             "bench",
             *demo,

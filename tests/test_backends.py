@@ -18,7 +18,7 @@ from vald.config import RunConfig
 from vald.errors import ConfigError
 from vald.imageio import Letterbox, read_image
 
-FAST = {"steps": 10, "strength": 0.5}
+FAST = {"steps": 10, "strength": 0.5, "guidance_min_t": 0}  # guided at every step
 DEMO = Path(__file__).resolve().parents[1] / "engines" / "demo"  # the shipped, trained model: bf16 error is meaningful
 
 
@@ -76,7 +76,18 @@ def test_torch_bf16_autocast_runs_and_is_recorded(small_png: Path) -> None:
 
 
 def test_threads_reach_result_json(engines: Path, small_png: Path, tmp_path: Path) -> None:
-    args = ["run", str(small_png), "--engines", str(engines), "--steps", "4", "--quiet", "--no-report"]
+    args = [
+        "run",
+        str(small_png),
+        "--engines",
+        str(engines),
+        "--steps",
+        "4",
+        "--guidance-min-t",
+        "0",
+        "--quiet",
+        "--no-report",
+    ]
     assert main([*args, "--out", str(tmp_path / "a"), "--threads", "1"]) == 0
     result = json.loads(next((tmp_path / "a").glob("*/result.json")).read_text())
     assert result["settings"]["threads"] == 1

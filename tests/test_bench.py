@@ -16,7 +16,22 @@ def test_bench_compares_backends_side_by_side(
     pytest.importorskip("openvino")
     args = ["bench", "--engines", str(engines), "--model", str(tiny_model), "--image", str(small_png)]
     args += ["--contenders", "torch fp32,vald onnxruntime fp32,vald openvino fp32,diffusers img2img fp32"]
-    args += ["--repeats", "2", "--steps", "6", "--size", "64", "--size", "32", "--out", str(tmp_path), "--threads", "1"]
+    args += [
+        "--repeats",
+        "2",
+        "--steps",
+        "6",
+        "--guidance-min-t",
+        "0",
+        "--size",
+        "64",
+        "--size",
+        "32",
+        "--out",
+        str(tmp_path),
+        "--threads",
+        "1",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     path = tmp_path / "latency-tiny-inversion-1threads.json"
@@ -58,6 +73,8 @@ def test_bench_diffusers_pipeline_matches_vald_img2img(
         str(small_png),
         "--mode",
         "img2img",
+        "--guidance-min-t",
+        "0",
     ]
     args += [
         "--contenders",

@@ -13,7 +13,7 @@ from PIL import Image
 
 from vald.cli import main
 
-FAST = ["--steps", "4", "--quiet"]
+FAST = ["--steps", "4", "--guidance-min-t", "0", "--quiet"]  # 4 steps start below the default interval
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -63,12 +63,12 @@ def test_config_file_settings_and_cli_override(engines: Path, small_png: Path, t
         "--seed",
         "4",
         "--guidance-min-t",
-        "300",
+        "200",
     )
     assert code == 0
     settings = json.loads((Path(out) / "result.json").read_text())["settings"]
     assert (settings["strength"], settings["steps"], settings["scheduler"], settings["seed"]) == (0.3, 3, "dpmpp-2m", 4)
-    assert settings["guidance_min_t"] == 300
+    assert settings["guidance_min_t"] == 200
 
 
 @pytest.mark.parametrize(
@@ -80,6 +80,7 @@ def test_config_file_settings_and_cli_override(engines: Path, small_png: Path, t
         (["--guidance", "0.5"], "guidance=0.5 is out of range"),
         (["--guidance-min-t", "-1"], "guidance_min_t=-1 is out of range"),
         (["--guidance-min-t", "1000"], "guidance_min_t=1000 is not below"),
+        (["--strength", "0.3", "--guidance-min-t", "600"], "below guidance_min_t=600: guidance would never apply"),
         (["--provider", "cuda"], "CUDAExecutionProvider"),
         (["--backend", "torch", "--precision", "fp16"], "needs provider=cuda"),
     ],
@@ -130,7 +131,7 @@ def test_runtime_does_not_import_torch(engines: Path, small_png: Path, tmp_path:
     code = (
         "import sys; from vald.cli import main; "
         f"rc = main(['run', {str(small_png)!r}, '--engines', {str(engines)!r}, '--out', {str(tmp_path)!r}, "
-        "'--steps', '2', '--quiet']); "
+        "'--steps', '2', '--guidance-min-t', '0', '--quiet']); "
         "bad = [m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules]; "
         "print(rc, bad); sys.exit(rc or bool(bad))"
     )

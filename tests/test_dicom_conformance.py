@@ -19,7 +19,7 @@ from dicomfiles import dataset, ramp, save  # noqa: E402
 
 from vald.cli import main  # noqa: E402
 
-FAST = ["--steps", "4", "--quiet"]
+FAST = ["--steps", "4", "--guidance-min-t", "0", "--quiet"]  # 4 steps start below the default interval
 
 
 def _dciodvfy() -> str | None:

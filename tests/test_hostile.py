@@ -19,7 +19,7 @@ from PIL import Image
 
 from vald.cli import main
 
-FAST = ["--steps", "4", "--quiet"]
+FAST = ["--steps", "4", "--guidance-min-t", "0", "--quiet"]  # 4 steps start below the default interval
 PATIENT = "Doe^Jane_PID-778899"
 
 
@@ -268,7 +268,7 @@ def test_the_largest_allowed_input_runs_within_its_memory_bound(engines: Path, t
     code = (
         "import resource, sys; from vald.cli import main; "
         f"rc = main(['run', {str(path)!r}, '--engines', {str(engines)!r}, '--out', {str(tmp_path / 'o')!r}, "
-        "'--steps', '2', '--quiet', '--no-report']); "
+        "'--steps', '2', '--guidance-min-t', '0', '--quiet', '--no-report']); "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024); sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)

@@ -33,7 +33,7 @@ TOLERANCE = 1e-3
 # What StableDiffusionImg2ImgPipeline.__init__ forces on the scheduler it loads (diffusers' source): the
 # reference for a substituted scheduler, written here and not taken from vald
 PIPELINE_FORCES = {"steps_offset": 1, "clip_sample": False}
-SETTINGS = {"mode": "img2img", "steps": 20, "strength": 0.6, "guidance": 5.0, "seed": 5}
+SETTINGS = {"mode": "img2img", "steps": 20, "strength": 0.6, "guidance": 5.0, "guidance_min_t": 0, "seed": 5}
 MEASURED: dict[str, float] = {}  # printed at the end of the module (README's table)
 
 

@@ -63,7 +63,7 @@ def _input(engines_dir: Path) -> tuple[object, np.ndarray]:
 
 def test_inversion_is_deterministic_and_ignores_the_seed(engines: Path) -> None:
     eng, x = _input(engines)
-    cfg = RunConfig(mode="inversion", steps=10, strength=0.5, guidance=3.0)
+    cfg = RunConfig(mode="inversion", steps=10, strength=0.5, guidance=3.0, guidance_min_t=0)
     a, b = attribute(eng, x, cfg), attribute(eng, x, cfg.replace(seed=99))  # type: ignore[arg-type]
     assert np.array_equal(a.counterfactual, b.counterfactual) and np.array_equal(a.reference, b.reference)
     by_input = attribute(eng, x, cfg.replace(reference="input"))  # type: ignore[arg-type]
@@ -75,7 +75,7 @@ def test_autoencoder_reference_is_the_vae_round_trip(engines: Path) -> None:
     from vald.pipeline import Timings, decode_latents, encode_image
 
     eng, x = _input(engines)
-    cfg = RunConfig(mode="img2img", reference="autoencoder", steps=8, strength=0.5)
+    cfg = RunConfig(mode="img2img", reference="autoencoder", steps=8, strength=0.5, guidance_min_t=0)
     result = attribute(eng, x, cfg)  # type: ignore[arg-type]
     timings = Timings()
     round_trip = decode_latents(eng, encode_image(eng, x, timings), timings)  # type: ignore[arg-type]
@@ -86,7 +86,9 @@ def test_autoencoder_reference_is_the_vae_round_trip(engines: Path) -> None:
 
 def test_paired_toward_the_same_prompt_gives_an_empty_map(engines: Path) -> None:
     eng, x = _input(engines)
-    cfg = RunConfig(mode="paired", finding_prompt=RunConfig().prompt, steps=10, strength=0.5, average=2)
+    cfg = RunConfig(
+        mode="paired", finding_prompt=RunConfig().prompt, steps=10, strength=0.5, average=2, guidance_min_t=0
+    )
     assert not np.any(attribute(eng, x, cfg).signed_map)  # type: ignore[arg-type]
     other = attribute(eng, x, cfg.replace(finding_prompt="right lower zone consolidation"))  # type: ignore[arg-type]
     assert np.abs(other.signed_map).max() > 0
@@ -94,7 +96,7 @@ def test_paired_toward_the_same_prompt_gives_an_empty_map(engines: Path) -> None
 
 def test_averaging_seeds_is_the_mean_of_single_runs(engines: Path) -> None:
     eng, x = _input(engines)
-    cfg = RunConfig(mode="img2img", steps=8, strength=0.5, seed=4)
+    cfg = RunConfig(mode="img2img", steps=8, strength=0.5, seed=4, guidance_min_t=0)
     singles = [attribute(eng, x, cfg.replace(seed=s)).counterfactual for s in (4, 5)]  # type: ignore[arg-type]
     both = attribute(eng, x, cfg.replace(average=2)).counterfactual  # type: ignore[arg-type]
     assert np.allclose(both, np.mean(singles, axis=0), atol=1e-6)
@@ -103,7 +105,12 @@ def test_averaging_seeds_is_the_mean_of_single_runs(engines: Path) -> None:
 def test_progress_counts_every_pass_once(engines: Path) -> None:
     eng, x = _input(engines)
     seen: list[tuple[int, int]] = []
-    attribute(eng, x, RunConfig(mode="inversion", steps=10, strength=0.5), on_step=lambda i, n: seen.append((i, n)))  # type: ignore[arg-type]
+    attribute(
+        eng,
+        x,
+        RunConfig(mode="inversion", steps=10, strength=0.5, guidance_min_t=0),
+        on_step=lambda i, n: seen.append((i, n)),
+    )  # type: ignore[arg-type]
     # inversion, then the counterfactual and its reconstruction stepped together in one batched pass
     assert seen[-1] == (10, 10) and [i for i, _ in seen] == list(range(1, 11))
 
@@ -139,7 +146,7 @@ def test_counterfactual_and_reconstruction_share_one_unet_call_per_step(engines:
     eng, x = _input(engines)
     counting = _CountingUnet(eng.sessions[Component.UNET])
     eng = replace(eng, sessions={**eng.sessions, Component.UNET: counting})
-    cfg = RunConfig(steps=10, strength=0.5, seed=2, **settings)
+    cfg = RunConfig(steps=10, strength=0.5, seed=2, guidance_min_t=0, **settings)
     got = attribute(eng, x, cfg)
     guided_source = 1 + bool(cfg.finding_prompt and cfg.mode is Mode.IMG2IMG)
     assert counting.batches[-5:] == [2 + guided_source] * 5  # the joint pass: 5 steps of strength 0.5 of 10
@@ -167,7 +174,9 @@ def test_induce_changes_only_inside_the_mask(engines: Path) -> None:
     size = x.shape[0]
     mask = np.zeros_like(x)
     mask[size // 4 : size // 2, size // 4 : size // 2] = 1.0
-    out = induce(eng, x, mask, RunConfig(prompt="left lower zone consolidation", steps=10, strength=0.8))  # type: ignore[arg-type]
+    out = induce(
+        eng, x, mask, RunConfig(prompt="left lower zone consolidation", steps=10, strength=0.8, guidance_min_t=0)
+    )  # type: ignore[arg-type]
     assert np.array_equal(out.image[out.mask == 0], x[out.mask == 0])  # the original, exactly, outside
     assert float(np.abs(out.image - x)[mask > 0].mean()) > 1e-3
     assert latent_mask(mask, 4).sum() == (size // 16) ** 2
@@ -181,7 +190,17 @@ def test_cli_induce_and_mode_provenance(engines: Path, small_png: Path, tmp_path
     mask[30:60, 20:50] = 255
     mask_path = tmp_path / "mask.png"
     Image.fromarray(mask).save(mask_path)
-    args = ["--engines", str(engines), "--out", str(tmp_path / "out"), "--steps", "6", "--quiet"]
+    args = [
+        "--engines",
+        str(engines),
+        "--out",
+        str(tmp_path / "out"),
+        "--steps",
+        "6",
+        "--guidance-min-t",
+        "0",
+        "--quiet",
+    ]
     assert main(["induce", str(small_png), "--mask", str(mask_path), "--prompt", "left lower zone nodule", *args]) == 0
     out_dir = Path(capsys.readouterr().out.strip())
     induced = np.asarray(Image.open(out_dir / "induced.png"))

@@ -112,7 +112,7 @@ def test_library_use_starts_no_telemetry(engines: Path, tmp_path: Path) -> None:
     """Without the CLI: ``import vald`` and open the engines (ORT writes its device id at start when on)."""
     code = (
         "from pathlib import Path; from vald.app import open_engines; from vald.config import RunConfig; "
-        f"open_engines(Path({str(engines)!r}), RunConfig(steps=2))"
+        f"open_engines(Path({str(engines)!r}), RunConfig(steps=2, guidance_min_t=0))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], env=_fresh_workstation(tmp_path), capture_output=True, text=True, check=False

@@ -26,7 +26,7 @@ def _model_input(path: Path, size: int) -> np.ndarray:
 
 
 def _run(engines_dir: Path, image: Path, **settings: object) -> tuple[np.ndarray, np.ndarray]:
-    cfg = RunConfig(mode="img2img", steps=20, strength=0.6, guidance=5.0, seed=11).replace(**settings)
+    cfg = RunConfig(mode="img2img", steps=20, strength=0.6, guidance=5.0, guidance_min_t=0, seed=11).replace(**settings)
     engines, _ = open_engines(engines_dir, cfg)
     x = _model_input(image, engines.model.image_size)
     result = attribute(engines, x, cfg)
@@ -78,7 +78,7 @@ def test_matches_diffusers_img2img_pipeline_with_the_same_noise(
     import torch
     from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_img2img as img2img_module
 
-    cfg = RunConfig(mode="img2img", steps=20, strength=0.6, guidance=5.0, seed=5, backend="torch")
+    cfg = RunConfig(mode="img2img", steps=20, strength=0.6, guidance=5.0, guidance_min_t=0, seed=5, backend="torch")
     engines_t, _ = open_engines(engines, cfg)
     x = _model_input(small_png, engines_t.model.image_size)
     ours = attribute(engines_t, x, cfg).counterfactual

@@ -80,7 +80,7 @@ def test_a_second_run_into_the_same_out_stops_with_one_line(engines: Path, small
     out = tmp_path / "out"
     first = _start(engines, [small_png], out, *SLOW)
     _wait_for(_locked_by(out, first), first)
-    second = _finish(engines, [small_png], out, "--steps", "4", "--quiet")
+    second = _finish(engines, [small_png], out, "--steps", "4", "--guidance-min-t", "0", "--quiet")
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [
         f"vald: error: output folder {out} is in use by another vald process (pid {first.pid}); "
@@ -97,7 +97,7 @@ def test_a_killed_holder_releases_the_folder(engines: Path, small_png: Path, tmp
     _wait_for(_locked_by(out, first), first)
     first.kill()  # SIGKILL: no clean-up of any kind; the kernel drops the lock
     first.wait()
-    again = _finish(engines, [small_png], out, "--steps", "4", "--quiet")
+    again = _finish(engines, [small_png], out, "--steps", "4", "--guidance-min-t", "0", "--quiet")
     assert again.returncode == 0, again.stderr
 
 

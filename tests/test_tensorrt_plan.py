@@ -30,10 +30,14 @@ def _unet_batches(request: BuildRequest) -> list[int]:
 @pytest.mark.parametrize(
     ("run", "batches"),
     [
-        (RunConfig(), [1, 3]),  # inversion: the inversion pass, then counterfactual + reconstruction batched
-        (RunConfig(mode=Mode.IMG2IMG), [2]),  # guided: unconditional + conditional
+        # inversion: the inversion pass, then counterfactual + reconstruction batched (the counterfactual's
+        # unconditional row only at t >= guidance_min_t)
+        (RunConfig(), [1, 2, 3]),
+        (RunConfig(guidance_min_t=0), [1, 3]),
+        (RunConfig(mode=Mode.IMG2IMG, guidance_min_t=0), [2]),  # guided: unconditional + conditional
+        (RunConfig(mode=Mode.IMG2IMG), [1, 2]),  # guided, then the prompt alone below the interval
         (RunConfig(mode=Mode.IMG2IMG, guidance=1.0), [1]),
-        (RunConfig(mode=Mode.PAIRED, finding_prompt="consolidation"), [4]),
+        (RunConfig(mode=Mode.PAIRED, finding_prompt="consolidation"), [2, 4]),
     ],
 )
 def test_static_profiles_cover_exactly_the_shapes_a_run_uses(run: RunConfig, batches: list[int]) -> None:

@@ -101,12 +101,7 @@ def _plan(engines: Engines, cfg: RunConfig) -> DdimPlan | DpmPlan:
 
 def check_against_model(engines: Engines, cfg: RunConfig) -> None:
     """ConfigError if ``cfg`` cannot run on this model (e.g. more steps than its training timesteps)."""
-    _plan(engines, cfg)
-    if cfg.guidance_min_t >= engines.schedule.num_train_timesteps:
-        raise ConfigError(
-            f"guidance_min_t={cfg.guidance_min_t} is not below the model's {engines.schedule.num_train_timesteps} "
-            "training timesteps: guidance would never apply"
-        )
+    cfg.check_guidance_interval(list(_plan(engines, cfg).timesteps), engines.schedule.num_train_timesteps)
 
 
 def _sample(
@@ -166,6 +161,7 @@ def attribute(
     """
     timings, ops = Timings(), engines.ops
     plan = _plan(engines, cfg)
+    cfg.check_guidance_interval(list(plan.timesteps), engines.schedule.num_train_timesteps)
     if keep is not None:
         _check_keep(keep, image01, plan)
     progress = _Progress(_passes(cfg) * len(plan.timesteps), on_step)

@@ -59,7 +59,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--guidance-min-t",
         type=int,
-        help="apply guidance only at UNet timesteps >= this; below, the prompt alone steers (default 0: every step)",
+        help="guide only at UNet timesteps >= this; below, the prompt alone steers (default 600; 0: every step)",
     )
     p.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (default 0)")
     p.add_argument("--negative-prompt", help="negative / unconditional prompt (default empty)")
@@ -137,6 +137,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("--steps", int, "sampler steps of the full schedule"),
         ("--strength", float, "fraction of the schedule re-noised"),
         ("--guidance", float, "classifier-free guidance scale"),
+        ("--guidance-min-t", int, "guide only at UNet timesteps >= this (0: every step, as diffusers)"),
         ("--seed", int, "noise seed"),
         ("--threads", int, "intra-op threads for every contender (default: one per available CPU)"),
         ("--config", Path, "TOML file of run settings"),
@@ -356,6 +357,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         steps=args.steps,
         strength=args.strength,
         guidance=args.guidance,
+        guidance_min_t=args.guidance_min_t,
         seed=args.seed,
         threads=args.threads,
     )

@@ -6,7 +6,7 @@ import dataclasses
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -123,8 +123,9 @@ class RunConfig:
     average: int = 1
     strength: float = 0.7  # best of the sweep in benchmarks/results (removal vs collateral change)
     steps: int = 50
-    guidance: float = 5.0  # the sweep on the shipped model (benchmarks/results/sweep.json): see the README
-    guidance_min_t: int = 0
+    # guidance 9 at t >= 600 only: the interval sweep's choice on the shipped model (interval_sweep.json)
+    guidance: float = 9.0
+    guidance_min_t: int = 600
     eta: float = 0.0
     seed: int = 0
     scheduler: SchedulerKind = SchedulerKind.DDIM
@@ -173,6 +174,21 @@ class RunConfig:
         if self.backend is Backend.TENSORRT and self.provider is not Provider.CUDA:
             raise ConfigError(f"backend=tensorrt runs on provider=cuda, not {self.provider.value}: add --provider cuda")
         self._check_mode()
+
+    def check_guidance_interval(self, timesteps: Sequence[int], train_timesteps: int) -> None:
+        """ConfigError if guidance is asked for (> 1) but no step of the run (``timesteps``) lies in its interval."""
+        if self.guidance_min_t >= train_timesteps:
+            raise ConfigError(
+                f"guidance_min_t={self.guidance_min_t} is not below the model's {train_timesteps} training "
+                "timesteps: guidance would never apply"
+            )
+        first_timestep = int(max(timesteps, default=self.guidance_min_t))  # a run of no steps guides nothing
+        if self.guidance > 1.0 and first_timestep < self.guidance_min_t:
+            raise ConfigError(
+                f"strength={self.strength} of steps={self.steps} starts at timestep {first_timestep}, below "
+                f"guidance_min_t={self.guidance_min_t}: guidance would never apply; lower --guidance-min-t "
+                "(0 guides every step)"
+            )
 
     def _check_mode(self) -> None:
         if self.mode is Mode.PAIRED and not self.finding_prompt.strip():
@@ -274,4 +290,6 @@ DEFAULT_OUTPUTS = OutputOptions()
 # normal twin): at strength 1.0, guidance 9 came closest to the true contrasts of consolidation, nodule and
 # effusion together (guidance 7 adds too little to consolidations, 12 too much); strength 0.9 or less leaves
 # the region's old texture and adds little.
-INDUCE_DEFAULTS = RunConfig(mode=Mode.IMG2IMG, strength=1.0, guidance=9.0, negative_prompt=DEFAULT_PROMPT)
+INDUCE_DEFAULTS = RunConfig(
+    mode=Mode.IMG2IMG, strength=1.0, guidance=9.0, guidance_min_t=0, negative_prompt=DEFAULT_PROMPT
+)

@@ -74,6 +74,7 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
     negative, finding = np.split(text_states(engines, [cfg.negative_prompt, cfg.prompt], timings), 2)
     z = encode_image(engines, image01, timings)
     plan = plan_ddim(engines.schedule, cfg.steps, cfg.strength)
+    cfg.check_guidance_interval(list(plan.timesteps), engines.schedule.num_train_timesteps)
     noise = draw_noise(cfg.seed, z.shape, 1)[0]
     ops = engines.ops
     inside = ops.state(latent_mask(mask01, engines.model.vae_scale_factor))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from vald.config import Backend, Loop, Mode, Precision
+from vald.config import Backend, Loop, Mode, Precision, RunConfig
 
 REFERENCE = "torch fp32"  # accuracy is measured against this contender, from the same run
 
@@ -22,7 +22,7 @@ class Contender:
     loop: Loop = Loop.HOST  # where the sampler's arithmetic runs (``--loop``)
     cuda_graph: bool = False
 
-    def unavailable(self, *, mode: Mode, cuda: bool) -> str | None:
+    def unavailable(self, cfg: RunConfig, *, cuda: bool) -> str | None:
         """Why this contender cannot run here (None: it can)."""
         needs = {Backend.OPENVINO: "openvino", Backend.TORCH: "torch", Backend.TENSORRT: "tensorrt"}.get(self.backend)
         if needs and importlib.util.find_spec(needs) is None:
@@ -36,8 +36,10 @@ class Contender:
         if self.kind == "diffusers":
             if importlib.util.find_spec("diffusers") is None:
                 return "diffusers is not installed (pip install 'vald[torch]')"
-            if mode is not Mode.IMG2IMG:
-                return f"diffusers' img2img pipeline has no {mode.value} mode (run the bench with --mode img2img)"
+            if cfg.mode is not Mode.IMG2IMG:
+                return f"diffusers' img2img pipeline has no {cfg.mode.value} mode (run the bench with --mode img2img)"
+            if cfg.guidance_min_t:
+                return "diffusers' pipeline guides every step (run the bench with --guidance-min-t 0)"
         if self.provider == "cuda" and not cuda:
             return "no CUDA device"
         if self.loop is Loop.CUPY and importlib.util.find_spec("cupy") is None:

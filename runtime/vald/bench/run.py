@@ -124,7 +124,7 @@ def bench_subject(
             size_rows = []
             for c in contenders:
                 row: dict[str, Any] = {"model": subject.name, "size": size, "contender": c.name}
-                reason = c.unavailable(mode=cfg.mode, cuda=cuda)
+                reason = c.unavailable(cfg, cuda=cuda)
                 if reason is None and c.kind == "vald" and c.backend.value != "torch":
                     manifest = Manifest.load(subject.engines)
                     if c.precision.value == "fp16" and "fp16" not in {p.value for p in manifest.precisions}:
@@ -261,7 +261,8 @@ def table(payload: Mapping[str, Any]) -> str:
     lines = [
         f"Benchmark {payload['date']}: {cpu['model']} ({cpu['cpus_available']} CPUs, {', '.join(cpu['flags'])}), "
         f"{payload['threads']} threads; mode {s['mode']}, strength {s['strength']}, {s['steps']} steps, "
-        f"guidance {s['guidance']}, seed {s['seed']}; {payload['repeats']} warm repeat(s).",
+        f"guidance {s['guidance']} (at t >= {s.get('guidance_min_t', 0)}), seed {s['seed']}; "
+        f"{payload['repeats']} warm repeat(s).",
         "",
         "| model | size | contender | end to end p50 (s) | UNet call (s) | cold start (s) | peak RSS (MiB) "
         "| vs torch fp32 | vs torch bf16 | cf max err | map corr |",
