@@ -24,6 +24,9 @@ from dicomnet import (
     send_storescu,
     wait_for,
 )
+from dicomnet import (
+    VALD as VALD_BIN,
+)
 
 pytest.importorskip("pynetdicom")
 pytest.importorskip("dicomweb_client")
@@ -154,7 +157,7 @@ def test_node_rejects_strangers_and_other_sop_classes_and_dead_letters_what_cann
         node.start()
         stranger = send_pynetdicom(net, [SAMPLES / "normal.dcm"], port, aet="STRANGER")
         assert stranger["rejected"] and not stranger["established"]
-        assert "association rejected from STRANGER" in node.log()
+        assert "(STRANGER -> VALD) rejected: calling AE title not recognised" in node.log()
         # a CT instance: the node does not offer CT Image Storage, so the context is refused
         ct = pydicom.dcmread(SAMPLES / "normal.dcm")
         ct.SOPClassUID = ct.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
@@ -188,5 +191,54 @@ def test_node_rejects_strangers_and_other_sop_classes_and_dead_letters_what_cann
             assert all(f"htons({closed})" in line and '"127.0.0.1"' in line for line in inet), inet
             assert all("AF_UNIX" in line or "AF_INET" in line for line in calls), calls
     finally:
+        if node.process and node.process.poll() is None:
+            node.kill()
+
+
+@needs_dcmtk
+def test_a_refused_destination_is_named_in_status_and_its_dead_letter_is_requeued(net: Netns, tmp_path: Path) -> None:
+    port, pacs = net.free_port(), net.free_port()
+    destinations = [{"name": "pacs", "kind": "dimse", "ae_title": "STORESCP", "host": "127.0.0.1", "port": pacs}]
+    config = node_toml(tmp_path, port, destinations, delivery={"attempts": 2, "backoff_s": 0.2})
+    node = Node(net, config, tmp_path / "node.log")
+    received = tmp_path / "pacs"
+    received.mkdir()
+    storescp = None
+    try:
+        node.start()
+        send_storescu(net, [SAMPLES / "nodule.dcm"], port)
+        wait_for(lambda: node.status()["counts"]["failed"] == 1, 120, "the dead letter")
+        status = node.status()
+        key = status["failed"][0]["key"]
+        assert "connection refused" in status["failed"][0]["error"] and "aborted" not in status["failed"][0]["error"]
+        pacs_state = status["destinations"]["pacs"]
+        assert pacs_state["state"] == "failing" and pacs_state["cause"] == "connection refused"
+        assert pacs_state["dead_letters"] == [key]
+        # the PACS comes back; the operator re-sends the dead letter while the node runs
+        storescp = net.popen(
+            [str(Path(STORESCU).with_name("storescp")), "-aet", "STORESCP", "-od", str(received), str(pacs)]
+        )
+        wait_for(
+            lambda: net.run([str(Path(STORESCU).with_name("echoscu")), "127.0.0.1", str(pacs)]).returncode == 0,
+            30,
+            "storescp to listen",
+        )
+        missing = net.run(
+            [str(VALD_BIN), "serve", "--config", str(config), "--requeue", "0" * 12], capture_output=True, text=True
+        )
+        assert missing.returncode == 2 and "no dead letter with that key" in missing.stderr
+        done = net.run(
+            [str(VALD_BIN), "serve", "--config", str(config), "--requeue", key], capture_output=True, text=True
+        )
+        assert done.returncode == 0 and done.stdout.strip() == f"requeued {key}", done.stderr
+        wait_for(lambda: node.status()["counts"]["done"] == 1, 120, "the requeued result to be delivered")
+        status = node.status()
+        assert status["counts"]["failed"] == 0 and status["destinations"]["pacs"]["state"] == "ok"
+        assert len(list(received.iterdir())) == 3  # counterfactual SC, overlay SC, SEG: once each
+        assert [e["event"] for e in _events(tmp_path) if e["key"] == key][-3:] == ["requeued", "sent", "done"]
+    finally:
+        if storescp is not None:
+            storescp.kill()
+            storescp.wait()
         if node.process and node.process.poll() is None:
             node.kill()

@@ -13,8 +13,10 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from vald import __version__
 from vald.config import (
@@ -31,7 +33,7 @@ from vald.config import (
     SchedulerKind,
 )
 from vald.dicom.reader import MODALITIES
-from vald.errors import ConfigError, ValdError
+from vald.errors import ConfigError, ValdError, ValdWarning
 from vald.lock import claim
 from vald.manifest import MANIFEST_NAME
 from vald.signals import deferred, exit_status, stop_on_signals, stopped_by
@@ -206,7 +208,14 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         "serve", help="DICOM node: receive CR/DX by C-STORE, process as `vald run`, send results (C-STORE, STOW-RS)"
     )
     p.add_argument("--config", type=Path, required=True, help="the node's TOML file (see the README)")
-    p.add_argument("--status", action="store_true", help="print the spool's queued / sending / done / failed as JSON")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument(
+        "--status", action="store_true", help="print the spool's and each destination's state as JSON, then exit"
+    )
+    act.add_argument(
+        "--requeue", metavar="KEY", action="append", help="re-send a dead letter (spool/failed/KEY), then exit"
+    )
+    act.add_argument("--requeue-all", action="store_true", help="re-send every dead letter, then exit")
     p.add_argument("--quiet", action="store_true", help="warnings and errors only")
 
 
@@ -336,7 +345,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     manifest = Manifest.load(args.engines)
     count = manifest.verify_all().hashed
-    clear_derived(args.engines)
+    for rel in clear_derived(args.engines):
+        print(f"vald: cached file {rel} was altered since it was written (its sha256 differs); removed")
     sets = ", ".join(p.value for p in manifest.precisions) or "none"
     print(
         f"vald: {args.engines}: {count} file(s) match {MANIFEST_NAME} (graph sets: {sets}); stamps renewed, "
@@ -427,6 +437,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     cfg = NodeConfig.load(args.config)
     if args.status:
         return service.print_status(cfg)
+    if args.requeue or args.requeue_all:
+        return service.requeue(cfg, None if args.requeue_all else list(args.requeue))
     try:
         import dicomweb_client  # noqa: F401
         import pynetdicom  # noqa: F401
@@ -437,9 +449,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return service.serve(cfg, quiet=args.quiet)
 
 
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Vald's own warnings as one line each; other libraries' as Python prints them."""
+    if issubclass(category, ValdWarning):
+        print(f"vald: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _python_show_warning(message, category, *args, **kwargs)
+
+
+_python_show_warning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         with stop_on_signals():
             return _dispatch(args)

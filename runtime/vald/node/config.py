@@ -25,6 +25,7 @@ port = 104
 from __future__ import annotations
 
 import ipaddress
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def _ae_title(value: object, name: str) -> str:
 def _number(data: dict[str, Any], key: str, default: float, where: str, *, low: float, integer: bool) -> Any:
     value = data.pop(key, default)
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok or value < low:
+    if isinstance(value, bool) or not ok or not math.isfinite(value) or value < low:
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{where}{key}={value!r} must be {kind} >= {low}")
     return value
@@ -83,7 +84,12 @@ class Listen:
     port: int = 11112
     allowed_calling_ae_titles: tuple[str, ...] = ()
     allowed_addresses: tuple[str, ...] = ()  # empty: any address (the AE title list still applies)
-    max_associations: int = 4
+    max_associations: int = 4  # slots: counted from the A-ASSOCIATE-RQ until the connection closes
+    max_pending_connections: int = 64  # connected but not yet asked; one more closes the oldest
+    request_timeout_s: float = 5.0  # from connect to a whole A-ASSOCIATE-RQ (TLS handshake included)
+    acse_timeout_s: float = 10.0  # pynetdicom's ACSE timeout (association set-up and release)
+    dimse_timeout_s: float = 60.0  # waiting for the rest of a DIMSE message
+    network_timeout_s: float = 60.0  # an association (or a half-sent PDU) idle this long is closed
     max_instance_mb: float = 200.0
     spool_limit_mb: float = 4096.0
     tls: Tls | None = None
@@ -214,6 +220,11 @@ def _listen(data: dict[str, Any], base: Path) -> Listen:
         allowed_calling_ae_titles=tuple(_ae_title(a, "[listen] allowed_calling_ae_titles") for a in allowed),
         allowed_addresses=tuple(addresses),
         max_associations=_number(data, "max_associations", 4, where, low=1, integer=True),
+        max_pending_connections=_number(data, "max_pending_connections", 64, where, low=1, integer=True),
+        request_timeout_s=float(_number(data, "request_timeout_s", 5.0, where, low=0.1, integer=False)),
+        acse_timeout_s=float(_number(data, "acse_timeout_s", 10.0, where, low=0.1, integer=False)),
+        dimse_timeout_s=float(_number(data, "dimse_timeout_s", 60.0, where, low=0.1, integer=False)),
+        network_timeout_s=float(_number(data, "network_timeout_s", 60.0, where, low=0.1, integer=False)),
         max_instance_mb=float(_number(data, "max_instance_mb", 200.0, where, low=0.001, integer=False)),
         spool_limit_mb=float(_number(data, "spool_limit_mb", 4096.0, where, low=0.001, integer=False)),
         tls=None if tls is None else _tls(_table(tls, "listen.tls"), base),

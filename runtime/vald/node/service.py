@@ -60,6 +60,20 @@ def serve(cfg: NodeConfig, *, quiet: bool = False) -> int:
 
 
 def print_status(cfg: NodeConfig) -> int:
-    """``vald serve --status``: the spool's state as JSON on stdout (no lock taken: the node may be running)."""
-    print(json.dumps(Spool(cfg.spool).status(), indent=2))
+    """``vald serve --status``: the spool's and each destination's state as JSON (the node may be running)."""
+    from vald.node.operate import status
+
+    print(json.dumps(status(cfg), indent=2))
+    return 0
+
+
+def requeue(cfg: NodeConfig, keys: list[str] | None) -> int:
+    """``vald serve --requeue KEY`` / ``--requeue-all``: dead letters back into the spool; one line each."""
+    from vald.node.operate import requeue as move
+
+    moved = move(cfg, keys)
+    for key in moved:
+        print(f"requeued {key}")
+    if not moved:
+        print("no dead letters")
     return 0

@@ -48,6 +48,7 @@ class Target:
     attempts: int = 0
     next_try: float = 0.0  # epoch seconds
     error: str = ""
+    cause: str = ""  # the last failure's kind (vald.node.send.Cause): connection refused, timed out, ...
 
     @property
     def open(self) -> bool:
@@ -186,7 +187,14 @@ class Spool:
         for folder in folders:
             if folder.is_dir() and not folder.name.startswith("."):
                 reason = json.loads((folder / REASON).read_bytes()) if (folder / REASON).is_file() else {}
-                failed.append({"key": folder.name, "stage": reason.get("stage", ""), "error": reason.get("error", "")})
+                failed.append(
+                    {
+                        "key": folder.name,
+                        "stage": reason.get("stage", ""),
+                        "error": reason.get("error", ""),
+                        "destinations": sorted(reason.get("targets", {})),
+                    }
+                )
         return {
             "counts": {"queued": len(queued), "sending": len(sending), "done": len(done), "failed": len(failed)},
             "queued": queued,

@@ -22,7 +22,7 @@ from vald.config import OutputOptions, RunConfig
 from vald.dicom.reader import MODALITIES
 from vald.errors import OutputError
 from vald.node.config import Destination, NodeConfig
-from vald.node.send import DeliveryError, send
+from vald.node.send import Cause, DeliveryError, send
 from vald.node.spool import DONE, OUTBOX, Outgoing, Spool, Target
 from vald.outputs import described
 from vald.signals import interruptible
@@ -154,17 +154,17 @@ class Worker:
         try:
             send(destination, files, self.cfg.delivery, self.cfg.listen.ae_title)
         except DeliveryError as exc:
-            self._failed(record, name, target, str(exc))
+            self._failed(record, name, target, str(exc), exc.cause)
         except Exception as exc:  # a library failure: its type is safe to show, its text may not be
-            self._failed(record, name, target, f"internal error ({type(exc).__name__})")
+            self._failed(record, name, target, f"internal error ({type(exc).__name__})", Cause.INTERNAL)
         else:
-            target.sent, target.error = True, ""
+            target.sent, target.error, target.cause = True, "", ""
             self.spool.log("sent", record.key, destination=name, objects=len(files))
             LOG.info("instance %s: %d object(s) sent to %s", record.key, len(files), name)
 
-    def _failed(self, record: Outgoing, name: str, target: Target, error: str) -> None:
+    def _failed(self, record: Outgoing, name: str, target: Target, error: str, cause: str) -> None:
         target.attempts += 1
-        target.error = error
+        target.error, target.cause = error, cause
         delivery = self.cfg.delivery
         if target.attempts >= delivery.attempts:
             target.gave_up = True
@@ -173,7 +173,7 @@ class Worker:
             wait = delivery.wait_after(target.attempts)
             target.next_try = time.time() + wait
             LOG.warning("instance %s: sending to %s failed (%s); next try in %.0f s", record.key, name, error, wait)
-        self.spool.log("send_failed", record.key, destination=name, attempt=target.attempts, error=error)
+        self.spool.log("send_failed", record.key, destination=name, attempt=target.attempts, error=error, cause=cause)
 
     def _close(self, record: Outgoing) -> None:
         failed = {n: t.error for n, t in record.targets.items() if t.gave_up}
@@ -183,6 +183,11 @@ class Worker:
                 "stage": "delivery",
                 "error": "; ".join(f"{n}: {e}" for n, e in failed.items()),
                 "targets": failed,
+                "causes": {n: t.cause for n, t in record.targets.items() if t.gave_up},
+                "sent_to": sorted(n for n, t in record.targets.items() if t.sent),
+                "output": record.output,
+                "input_sha256": record.input_sha256,
+                "files": record.files,
             }
             self.spool.dead_letter(record.key, reason, files)
             self.spool.log("failed", record.key, stage="delivery", destinations=sorted(failed))
