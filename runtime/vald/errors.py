@@ -14,6 +14,14 @@ class ValdError(Exception):
     """Base class of every error vald raises on purpose."""
 
 
+class ValdWarning(UserWarning):
+    """Something vald repaired or worked around on its own; the CLI prints it as one ``vald: warning:`` line."""
+
+
+class CacheWarning(ValdWarning):
+    """A cached derived file (an optimised graph) failed its check and is being rebuilt."""
+
+
 class ConfigError(ValdError):
     """A setting is missing, unknown or out of range."""
 

@@ -30,7 +30,8 @@ class SessionInfo:
     ``precision`` is the compute precision the backend reports after compiling (OpenVINO), the precision of
     the graph set it loaded (ONNX Runtime), or the module dtype / autocast in use (torch); ``graph`` the
     engine file it loaded (relative to the engine folder; empty for the torch reference); ``cached``
-    whether a graph optimised or compiled on an earlier start was reused.
+    whether a graph optimised or compiled on an earlier start was reused, and ``cache_sha256`` (ONNX
+    Runtime) the hash of that cached graph's files, checked before it was loaded.
     """
 
     backend: str
@@ -39,6 +40,7 @@ class SessionInfo:
     threads: int
     graph: str = ""
     cached: bool = False
+    cache_sha256: str = ""
 
 
 class Session(Protocol):

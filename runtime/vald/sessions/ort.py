@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ from numpy.typing import NDArray
 
 from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
-from vald.errors import BackendUnavailableError, EngineMismatchError
-from vald.manifest import Manifest
+from vald.errors import BackendUnavailableError, CacheWarning, EngineMismatchError
+from vald.manifest import Manifest, sha256_file
 from vald.privacy import quiet_dependencies
 from vald.sessions import BoundSession, SessionInfo, check_bindings, graph_precision
 from vald.spec import Component, ComponentSpec
@@ -185,6 +186,7 @@ class OrtSession(BoundSession):
         graph: str = "",
         bind: str | None = None,
         cuda_graph: bool = False,
+        cache_sha256: str = "",
     ) -> None:
         import onnxruntime as ort
 
@@ -209,7 +211,9 @@ class OrtSession(BoundSession):
                 f"onnxruntime did not start {wanted} for {spec.component} (got {self._session.get_providers()})"
             )
         device = wanted + ("+cuda-graph" if cuda_graph else "") + ("+io-binding" if bind else "")
-        self._info = SessionInfo("onnxruntime", device, precision.value, threads, graph=graph, cached=optimized)
+        self._info = SessionInfo(
+            "onnxruntime", device, precision.value, threads, graph=graph, cached=optimized, cache_sha256=cache_sha256
+        )
         self._runner = None
         self._cuda_graph = cuda_graph
         self._device_runner: DeviceRunner | None = None
@@ -264,11 +268,12 @@ def cpu_flags_sha() -> str:
     return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
 
 
-def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool, tuple[Path, Path] | None]:
+def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, str, tuple[Path, Path] | None]:
     """Where to load ``rel`` from.
 
-    Returns (path, whether it is a cached optimised graph, and the (staging file, final folder) pair to
-    write and publish an optimised graph to, or None).
+    Returns (path, the cached optimised graph's sha256 or "" when it is the engine file itself, and the
+    (staging file, final folder) pair to write and publish an optimised graph to, or None).  A cache that
+    fails its check is removed here with one warning (see :mod:`vald.cache`).
     """
     import onnxruntime as ort
 
@@ -276,21 +281,57 @@ def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, bool
     folder = cache_dir(manifest.root, "ort")
     source = manifest.root / rel
     if folder is None:
-        return source, False, None
+        return source, "", None
     final = folder / key
-    stamps = StampStore(manifest.root)
     members = [final / OPTIMIZED, final / f"{OPTIMIZED}.data"]
-    rels = [str(m.relative_to(manifest.root)) for m in members]
-    if all(stamps.trusted_sha256(r) == f"derived:{key}" for r in rels):
-        return members[0], True, None
-    shutil.rmtree(final, ignore_errors=True)  # absent, partial or changed since written: make it again
+    if final.exists():
+        problem = _cache_problem(manifest.root, members)
+        if problem is None:
+            return members[0], _cache_digest(manifest.root, members), None
+        discard_cache(manifest.root, final, rel, problem)
     for stale in folder.glob(f".{key}.*"):  # left by a process killed while writing (GBs each at SD size)
         if not _alive(stale.name.rsplit(".", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)
     staging = folder / f".{key}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    return source, False, (staging / OPTIMIZED, final)
+    return source, "", (staging / OPTIMIZED, final)
+
+
+def _cache_problem(root: Path, members: list[Path]) -> str | None:
+    """Why the cached graph's files cannot be trusted, or None: stamps match and the content hashes agree."""
+    stamps = StampStore(root)
+    for member in members:
+        rel = str(member.relative_to(root))
+        recorded = stamps.recorded_sha256(rel)
+        if recorded is None:
+            return f"{member.name} has no stamp (written by another vald version, or cut short)"
+        if stamps.trusted_sha256(rel) is None:
+            return f"{member.name} was changed after it was written (size, times or inode differ)"
+        if sha256_file(member) != recorded:
+            return f"{member.name} no longer has the sha256 recorded when it was written"
+    return None
+
+
+def _cache_digest(root: Path, members: list[Path]) -> str:
+    """One sha256 over the cached graph's recorded file hashes (what result.json records)."""
+    stamps = StampStore(root)
+    recorded = [stamps.recorded_sha256(str(m.relative_to(root))) or "" for m in members]
+    return hashlib.sha256("".join(recorded).encode()).hexdigest()
+
+
+def discard_cache(root: Path, final: Path, rel: str, problem: str) -> None:
+    """Remove a cached graph that cannot be trusted, saying so once; it is rebuilt from the engine file."""
+    warnings.warn(
+        f"cached optimised graph {final.relative_to(root)} discarded: {problem}; rebuilding it from {rel}",
+        CacheWarning,
+        stacklevel=3,
+    )
+    stamps = StampStore(root)
+    for member in (final / OPTIMIZED, final / f"{OPTIMIZED}.data"):
+        stamps.forget(str(member.relative_to(root)))
+    stamps.save()
+    shutil.rmtree(final, ignore_errors=True)
 
 
 def _alive(pid: str) -> bool:
@@ -316,7 +357,7 @@ def _publish(manifest: Manifest, staged: Path, final: Path) -> None:
         return
     stamps = StampStore(manifest.root)
     for member in (final / OPTIMIZED, final / f"{OPTIMIZED}.data"):
-        stamps.record(str(member.relative_to(manifest.root)), f"derived:{final.name}")
+        stamps.record(str(member.relative_to(manifest.root)), sha256_file(member))
     stamps.save()
 
 
@@ -329,24 +370,33 @@ def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, Ort
     for component in Component:
         source = manifest.graph_path(component, precision)
         rel = str(source.relative_to(manifest.root))
-        if cfg.provider is Provider.CPU:
-            path, optimized, publish = _cached_graph(manifest, rel, hashes[rel])
-        else:
-            path, optimized, publish = source, False, None  # GPU providers keep their own caches
         graphs = cfg.cuda_graph and component is Component.UNET  # the network called with static shapes
         component_providers = [(providers[0], {"enable_cuda_graph": "1"})] if graphs else providers
-        sessions[component] = OrtSession(
-            path,
-            manifest.specs[component],
-            component_providers,
-            threads=cfg.resolved_threads,
-            precision=cfg.precision,
-            optimized=optimized,
-            save_optimized=publish[0] if publish else None,
-            graph=rel,
-            bind="cuda" if cfg.provider is Provider.CUDA else None,
-            cuda_graph=graphs,
-        )
+        for last_try in (False, True):
+            if cfg.provider is Provider.CPU:
+                path, cached, publish = _cached_graph(manifest, rel, hashes[rel])
+            else:
+                path, cached, publish = source, "", None  # GPU providers keep their own caches
+            try:
+                sessions[component] = OrtSession(
+                    path,
+                    manifest.specs[component],
+                    component_providers,
+                    threads=cfg.resolved_threads,
+                    precision=cfg.precision,
+                    optimized=bool(cached),
+                    save_optimized=publish[0] if publish else None,
+                    graph=rel,
+                    bind="cuda" if cfg.provider is Provider.CUDA else None,
+                    cuda_graph=graphs,
+                    cache_sha256=cached,
+                )
+            except EngineMismatchError:
+                if not cached or last_try:
+                    raise  # the engine file itself (verified against the manifest) does not load
+                discard_cache(manifest.root, path.parent, rel, "onnxruntime cannot load it")
+                continue
+            break
         if publish is not None:
             _publish(manifest, *publish)
     return sessions
