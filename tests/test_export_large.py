@@ -41,6 +41,9 @@ def test_large_graphs_keep_their_weights_in_one_external_file(external_engines: 
         for t in external:
             assert {e.key: e.value for e in t.external_data}["location"] == "unet.onnx.data"
         onnx.checker.check_model(str(external_engines / files[0]))  # path-based, as for > 2 GiB
+    # the external data is readable like its neighbours (onnx writes it 0600)
+    modes = {(external_engines / f).stat().st_mode & 0o777 for p in ("fp32", "fp16") for f in unet[p]["files"]}
+    assert modes == {(external_engines / "manifest.json").stat().st_mode & 0o777}
     # a component under the threshold (the text encoder: ~0.14 MB) stays one file
     assert list(data["components"]["text_encoder"]["precisions"]["fp32"]["files"]) == ["fp32/text_encoder.onnx"]
     # the runtime opens them and they compute what the inline export computes

@@ -10,6 +10,7 @@ file beside the graph; sizes are computed from the tensors' shapes, never with
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -50,10 +51,21 @@ def _save(model: onnx.ModelProto, path: Path, threshold: int) -> list[Path]:
             model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=data.name, size_threshold=0
         )
         onnx.checker.check_model(str(path))
+        _readable_like_neighbours(data)
         return [path, data]
     onnx.save_model(model, path)
     onnx.checker.check_model(str(path))
     return [path]
+
+
+def _readable_like_neighbours(path: Path) -> None:
+    """Onnx writes external data as 0600; give it the mode any other new file gets (0666 less the umask).
+
+    Otherwise a service account other than the exporter's can read the graph but not its weights.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def _has_external(model: onnx.ModelProto) -> bool:

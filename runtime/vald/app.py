@@ -220,6 +220,21 @@ def _read_mask(path: Path, native: NDArray[np.float32], what: str) -> tuple[NDAr
     return mask, mask_sha
 
 
+def check_keep_mask(path: Path, source: Source) -> str:
+    """Before a run: the keep mask is readable, has the input's size and a region; its sha256.
+
+    InputError starting "--keep-mask:" otherwise (exit 2, as ``vald induce`` refuses a bad mask).
+    """
+    from vald.induce import check_region
+
+    try:
+        mask, sha = _read_mask(path, source.image, "keep mask")
+        check_region(mask, source.image, "keep mask", "keep")
+    except InputError as exc:
+        raise InputError(f"--keep-mask: {exc}") from None
+    return sha
+
+
 def run_one(
     source: Source,
     out_root: Path,

@@ -285,16 +285,15 @@ def _cmd_induce(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from vald.app import attribution_settings_sha256, open_engines, run_one
+    from vald.app import attribution_settings_sha256, check_keep_mask, open_engines, run_one
     from vald.batch import Entry, Status, collect, run_batch
     from vald.report import write_report
-    from vald.sources import read_sha256
 
     cfg = _config(args, RunConfig())
     inputs = collect(args.inputs, out=args.out)
     if args.keep_mask and len(inputs) != 1:
         raise ConfigError(f"--keep-mask applies to one input, not {len(inputs)}: run each image with its own mask")
-    keep_sha = read_sha256(args.keep_mask) if args.keep_mask else None
+    keep_sha = check_keep_mask(args.keep_mask, _loader(args)(inputs[0], None)) if args.keep_mask else None
     engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
     options = _options(args)
     settings_sha = attribution_settings_sha256(cfg, provenance, options, keep_sha)
@@ -357,7 +356,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from vald.bench.contenders import by_name
-    from vald.bench.run import Subject, run_bench
+    from vald.bench.run import Subject, check_bench_arguments, run_bench
     from vald.errors import InputError
     from vald.manifest import Manifest
 
@@ -379,9 +378,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     image = args.image or (samples[0] if samples else None)
     if image is None:
         raise InputError("no --image given and the engine folder has no samples/*.png")
-    subject = Subject(
-        args.name or args.engines.name, args.engines, model_dir, tuple(args.size or [manifest.model.image_size])
+    sizes = tuple(args.size or [manifest.model.image_size])
+    check_bench_arguments(
+        image=image, repeats=args.repeats, sizes=sizes, timeout=args.timeout, scale=manifest.model.vae_scale_factor
     )
+    subject = Subject(args.name or args.engines.name, args.engines, model_dir, sizes)
     path = run_bench(
         [subject],
         contenders,

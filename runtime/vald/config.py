@@ -155,7 +155,17 @@ class RunConfig:
         _check_number(self, "eta", float, low=0.0, high=1.0)
         _check_number(self, "seed", int, low=0, high=2**63 - 1)
         _check_number(self, "average", int, low=1, high=64)
-        _check_number(self, "threads", int, low=0, high=1024)
+        cpus = available_cpus()
+        if (
+            isinstance(self.threads, int)
+            and not isinstance(self.threads, bool)
+            and self.threads > THREADS_PER_CPU * cpus
+        ):
+            raise ConfigError(
+                f"threads={self.threads} is more than {THREADS_PER_CPU} per CPU this process may use "
+                f"({cpus} CPU(s): at most {THREADS_PER_CPU * cpus}; 0 = one per CPU)"
+            )
+        _check_number(self, "threads", int, low=0)
         if self.precision not in BACKEND_PRECISIONS[self.backend]:
             allowed = ", ".join(p.value for p in BACKEND_PRECISIONS[self.backend])
             raise ConfigError(
@@ -234,14 +244,20 @@ class RunConfig:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's content; ConfigError naming the cause (unreadable, not UTF-8, not valid TOML)."""
+    # The file's name is not repeated: a name can carry patient text (input names never appear either).
     try:
         return tomllib.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"config file {path.name} is not UTF-8 text (a TOML file is expected)") from None
+        raise ConfigError("the config file is not UTF-8 text (a TOML file is expected)") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path.name}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read the config file: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path.name} is not valid TOML: {exc}") from None
+        raise ConfigError(f"the config file is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError("the config file is nested too deeply to be a vald config") from None
+
+
+THREADS_PER_CPU = 4  # ``threads`` may be at most this many per CPU this process may use (more only thrashes)
 
 
 def available_cpus() -> int:

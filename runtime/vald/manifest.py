@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# (field, lowest, highest) of a manifest's model section: what a model vald can run may have.  4096² images
+# (SD-family VAEs at f=8 give 512² latents) and 4096 tokens bound memory before anything is allocated.
+MODEL_BOUNDS = (
+    ("image_channels", 1, 4),
+    ("latent_channels", 1, 64),
+    ("hidden_size", 1, 16384),
+    ("image_size", 8, 4096),
+    ("vae_scale_factor", 1, 64),
+    ("max_length", 1, 4096),
+    ("pad_id", 0, 10_000_000),
+)
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelInfo:
     """What the runtime needs to know about the exported model."""
@@ -51,6 +65,27 @@ class ModelInfo:
     max_length: int
     pad_id: int
     attention_mask: bool = False  # the text encoder takes the prompt's attention mask (``use_attention_mask``)
+
+    def __post_init__(self) -> None:
+        for name, low, high in MODEL_BOUNDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise EngineMismatchError(
+                    f"{MANIFEST_NAME} model.{name}={value!r} must be an integer in [{low}, {high}]"
+                )
+        if self.vae_scale_factor & (self.vae_scale_factor - 1) or self.image_size % self.vae_scale_factor:
+            raise EngineMismatchError(
+                f"{MANIFEST_NAME} model.image_size={self.image_size} must be a multiple of vae_scale_factor="
+                f"{self.vae_scale_factor} (a power of two)"
+            )
+        for name in ("scaling_factor", "shift_factor"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise EngineMismatchError(f"{MANIFEST_NAME} model.{name}={value!r} must be a finite number")
+        if self.scaling_factor <= 0:
+            raise EngineMismatchError(f"{MANIFEST_NAME} model.scaling_factor={self.scaling_factor!r} must be > 0")
+        if not isinstance(self.attention_mask, bool):
+            raise EngineMismatchError(f"{MANIFEST_NAME} model.attention_mask must be true or false")
 
     @property
     def latent_size(self) -> int:
@@ -79,6 +114,8 @@ class Manifest:
             raise EngineMismatchError(f"{MANIFEST_NAME} in {root} cannot be read: {exc.strerror}") from None
         except json.JSONDecodeError as exc:
             raise EngineMismatchError(f"{MANIFEST_NAME} in {root} is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise EngineMismatchError(f"{MANIFEST_NAME} in {root} is nested too deeply to be a manifest") from None
         version = data.get("format_version") if isinstance(data, dict) else None
         if version != FORMAT_VERSION:
             raise EngineMismatchError(

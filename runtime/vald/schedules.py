@@ -131,7 +131,9 @@ class NoiseSchedule:
             )
         defaulted = set(config.get("_use_default_values", ()))
         config = {k: v for k, v in config.items() if k not in defaulted}
-        n = int(config.get("num_train_timesteps", 1000))
+        n = config.get("num_train_timesteps", 1000)
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 100_000:
+            raise ConfigError(f"scheduler num_train_timesteps={n!r} must be an integer in [2, 100000]")
         zero_snr = bool(config.get("rescale_betas_zero_snr", False))
         betas = _betas(config, n)
         if zero_snr:
@@ -216,12 +218,24 @@ def rescale_zero_terminal_snr(betas: NDArray[np.float32]) -> NDArray[np.float32]
     return (1.0 - alphas).astype(np.float32)
 
 
+def _beta(config: Mapping[str, Any], key: str, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ConfigError(f"scheduler {key}={value!r} must be a number in (0, 1)")
+    return float(value)
+
+
 def _betas(config: Mapping[str, Any], n: int) -> NDArray[np.float32]:
     trained = config.get("trained_betas")
     if trained is not None:
-        return np.asarray(trained, dtype=np.float32)
-    start = float(config.get("beta_start", 0.0001))
-    end = float(config.get("beta_end", 0.02))
+        try:
+            betas = np.asarray(trained, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ConfigError("scheduler trained_betas must be a list of numbers") from None
+        if betas.shape != (n,) or not np.all((betas > 0) & (betas < 1)):
+            raise ConfigError(f"scheduler trained_betas must be {n} numbers in (0, 1)")
+        return betas
+    start, end = (_beta(config, key, default) for key, default in (("beta_start", 0.0001), ("beta_end", 0.02)))
     kind = config.get("beta_schedule", "linear")
     if kind == "linear":
         return np.linspace(start, end, n, dtype=np.float32)
@@ -260,8 +274,28 @@ def ddim_timesteps(schedule: NoiseSchedule, steps: int) -> I64:
         return np.linspace(0, n - 1, steps).round()[::-1].astype(np.int64)
     if spacing is Spacing.LEADING:
         ratio = n // steps
-        return (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + schedule.steps_offset
-    return np.round(np.arange(n, 0, -n / steps)).astype(np.int64) - 1
+        return _below(n, (np.arange(0, steps) * ratio).round()[::-1].astype(np.int64) + schedule.steps_offset)
+    return _trailing(n, steps)
+
+
+def _trailing(n: int, steps: int) -> I64:
+    """``round(arange(n, 0, -n/steps)) - 1`` as diffusers writes it, but exactly ``steps`` long.
+
+    A float ``arange`` step can yield one element too many (e.g. 224 for 223 steps), whose value rounds to
+    timestep -1; ``n - k * n/steps`` for k < steps gives the same values without that extra one.
+    """
+    return np.round(n - np.arange(steps) * (n / steps)).astype(np.int64) - 1
+
+
+def _below(n: int, timesteps: I64) -> I64:
+    """Shift a leading-spacing list down so it stays below ``n``.
+
+    With ``steps_offset`` 1 and as many steps as training timesteps, diffusers' list would start at ``n``,
+    one past the last timestep (and its own scheduler fails there).  The list moves down by the excess;
+    every step count that a model's schedule allows runs, and the lists that fit are unchanged.
+    """
+    excess = int(timesteps[0]) - (n - 1) if len(timesteps) else 0
+    return timesteps - excess if excess > 0 else timesteps
 
 
 def dpm_timesteps(schedule: NoiseSchedule, steps: int) -> I64:
@@ -272,8 +306,9 @@ def dpm_timesteps(schedule: NoiseSchedule, steps: int) -> I64:
         return np.linspace(0, last - 1, steps + 1).round()[::-1][:-1].astype(np.int64)
     if spacing is Spacing.LEADING:
         ratio = last // (steps + 1)
-        return (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + schedule.steps_offset
-    return np.arange(last, 0, -schedule.num_train_timesteps / steps).round().astype(np.int64) - 1
+        full = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + schedule.steps_offset
+        return _below(last, full)
+    return _trailing(last, steps)
 
 
 @dataclass(frozen=True, kw_only=True)

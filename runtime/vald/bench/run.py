@@ -9,6 +9,7 @@ max abs error of the counterfactual (images in [0, 1]) and Pearson correlation o
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,7 @@ import numpy as np
 from vald.bench.contenders import REFERENCE, Contender
 from vald.bench.environment import environment
 from vald.config import RunConfig
+from vald.errors import ConfigError, InputError
 from vald.manifest import Manifest, sha256_file
 from vald.outputs import write_atomic
 
@@ -202,6 +204,26 @@ def _warm_disk_cache(contenders: Sequence[Contender]) -> None:
     code = "import vald\n"  # its telemetry switches (vald.privacy) hold in this process too
     code += "\n".join(f"try:\n    import {m}\nexcept Exception:\n    pass" for m in sorted(modules))
     subprocess.run([sys.executable, "-c", code], capture_output=True, check=False)
+
+
+def check_bench_arguments(
+    *, image: Path, repeats: int, sizes: Sequence[int], timeout: float, scale: int, max_size: int = 4096
+) -> None:
+    """The bench's own arguments, checked before anything runs: one-line ConfigError / InputError each.
+
+    ``scale`` is the model's VAE scale factor: every size must be a multiple of it (the latent's side).
+    """
+    if not 1 <= repeats <= 1000:
+        raise ConfigError(f"--repeats {repeats} must be between 1 and 1000 (warm runs after the cold one)")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(f"--timeout {timeout} must be a positive number of seconds")
+    for size in sizes:
+        if not scale <= size <= max_size or size % scale:
+            raise ConfigError(
+                f"--size {size} must be a multiple of the model's VAE factor {scale} between {scale} and {max_size}"
+            )
+    if not image.is_file():
+        raise InputError("--image: no such file (or not a regular file)")
 
 
 def run_bench(

@@ -25,6 +25,7 @@ from vald import strictjson
 from vald.app import open_engines
 from vald.attribution import attribute
 from vald.config import RunConfig
+from vald.errors import InputError
 from vald.eval.classifier import Classifier
 from vald.eval.dataset import Case, EvalSet
 from vald.eval.fid import fid
@@ -44,13 +45,32 @@ def _model_view(path: Path, size: int) -> F32:
     return Letterbox.fit(image.shape, size).to_model(image)
 
 
-def _case_metrics(case: Case, x: F32, cf: F32, signed: F32, size: int) -> dict[str, float]:
+def _mask_view(case: Case, size: int, index: int) -> NDArray[np.bool_]:
+    """The case's lesion mask at the model's size; InputError unless it can be scored.
+
+    A mask of another size than its image is resampled only when it has the image's aspect ratio (the
+    COVID-19 Radiography Database ships 256² masks for 299² images); its region must survive that.
+    """
+    assert case.mask is not None
+    mask, image = read_image(case.mask), read_image(case.image)
+    where = f"case #{index} ({case.label}): its mask"
+    (mh, mw), (ih, iw) = mask.shape, image.shape
+    if abs(mw / mh - iw / ih) > 0.01 * (iw / ih):
+        raise InputError(f"{where} is {mw}x{mh}, its image {iw}x{ih}: not the same aspect ratio")
+    region = Letterbox.fit(mask.shape, size).to_model(mask) > 0.5
+    if not 0 < region.sum() < region.size:
+        what = "empty" if not np.any(mask > 0.5) else "all lesion" if np.all(mask > 0.5) else "lost when resampled"
+        raise InputError(f"{where} ({mw}x{mh}) has no usable region at the model's {size}x{size}: {what}")
+    return region
+
+
+def _case_metrics(case: Case, x: F32, cf: F32, signed: F32, size: int, index: int = 0) -> dict[str, float]:
     row = {"ssim_input_cf": ssim(x, cf), "ms_ssim_input_cf": ms_ssim(x, cf)}
     twin = _model_view(case.twin, size) if case.twin else None
-    mask = _model_view(case.mask, size) > 0.5 if case.mask else None
+    mask = _mask_view(case, size, index) if case.mask else None
     if twin is not None:
         row |= {"ssim_cf_twin": ssim(cf, twin), "ms_ssim_cf_twin": ms_ssim(cf, twin)}
-    if mask is not None and 0 < mask.sum() < mask.size:
+    if mask is not None:
         row |= attribution_scores(x, twin, mask, cf, signed) if twin is not None else localisation_scores(signed, mask)
     return row
 
@@ -93,7 +113,7 @@ def evaluate(
         result = attribute(engines, x, cfg)
         cf, signed = result.counterfactual, result.signed_map
         row: dict[str, Any] = {"index": k, "class": case.label, "image_sha256": sha256_file(case.image)[:16]}
-        row |= _case_metrics(case, x, cf, signed, size)
+        row |= _case_metrics(case, x, cf, signed, size, k)
         if classifier is not None:
             row |= _classifier_metrics(classifier, case.label, x, cf)
         rows.append(row)
