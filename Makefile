@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 
-.PHONY: setup demo retrain bench bench-quick bench-attribution bench-eval test lint clean
+.PHONY: setup demo node retrain bench bench-quick bench-attribution bench-eval test lint clean
 
 setup: $(SETUP)
 
@@ -23,6 +23,17 @@ $(RUN_SETUP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(RUN_VENV)
 	$(RUN_VENV)/bin/python -m pip install -q --upgrade pip
 	$(RUN_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[dicom]'
+	touch $@
+
+# The DICOM node's environment (runtime + the node extra, no torch): then `.venv-node/bin/vald serve --config F`.
+NODE_VENV ?= .venv-node
+
+node: $(NODE_VENV)/.installed
+
+$(NODE_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(NODE_VENV)
+	$(NODE_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NODE_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[node]'
 	touch $@
 
 demo: $(RUN_SETUP)

@@ -13,6 +13,7 @@ Not a timed benchmark: it records what was tried and whether any finished output
 - **Bad inputs.**  Truncated, random, empty, oversized, non-finite and malformed files (PNG, TIFF, JPEG,
   DICOM) named with patient-like text, in one batch beside good inputs: every bad one fails with one
   line that names no file, the good ones are done, no traceback, no "internal error".
+- **Listener attacks and cache tampering**: see ``benchmarks/faults_node.py``.
 
     python benchmarks/faults.py            # ~10 min on 2 cores; writes benchmarks/results/faults.{json,md}
 """
@@ -42,11 +43,14 @@ from PIL import Image
 
 from vald.outputs import RESULT, described
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from faults_node import cache_tampering, listener_attacks
+
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "engines" / "demo"
 PATIENT = "Doe^Jane_PID-778899"
 SYSCALLS = ("openat", "write", "fsync", "rename", "renameat2", "mkdir", "unlinkat", "rmdir")
-FAST = ["--steps", "4", "--quiet"]
+FAST = ["--steps", "4", "--guidance-min-t", "0", "--quiet"]  # 4 steps start below the default interval
 
 
 def _vald(inputs: list[Path], out: Path, *extra: str) -> list[str]:
@@ -358,7 +362,9 @@ def main() -> None:
     parser.add_argument("--per-call", type=int, default=6, help="kill points per system call (default 6)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
-        "--only", choices=["kill_points", "signals", "bad_inputs"], help="redo one part; the others from faults.json"
+        "--only",
+        choices=["kill_points", "signals", "bad_inputs", "listener", "cache"],
+        help="redo one part; the others from faults.json",
     )
     args = parser.parse_args()
     if shutil.which("strace") is None:
@@ -374,10 +380,16 @@ def main() -> None:
         kills = kill_points(inputs, work, args.per_call) if args.only in (None, "kill_points") else None
         sigs = signals(inputs, work) if args.only in (None, "signals") else None
         bad = bad_input_batch(work) if args.only in (None, "bad_inputs") else None
+        listener = listener_attacks(work) if args.only in (None, "listener") else None
+        cache = cache_tampering(work) if args.only in (None, "cache") else None
     kills = kills or previous["kill_points"]
     sigs = sigs or previous["signals"]
     bad = bad or previous["bad_inputs"]
-    for name, part in (("kill points", kills), ("signals", sigs), ("bad inputs", bad)):
+    never = {"problems": ["not run yet"], "rows": [], "attacks": 0, "cases": 0, "maps_compared": 0}
+    listener = listener or previous.get("listener", never)
+    cache = cache or previous.get("cache", never)
+    parts = (("kill points", kills), ("signals", sigs), ("bad inputs", bad), ("listener", listener), ("cache", cache))
+    for name, part in parts:
         print(f"{name}: {len(part['problems'])} problem(s)", flush=True)
     payload = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -389,6 +401,8 @@ def main() -> None:
         "kill_points": kills,
         "signals": sigs,
         "bad_inputs": bad,
+        "listener": listener,
+        "cache": cache,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "faults.json").write_text(json.dumps(payload, indent=1, allow_nan=False) + "\n", encoding="utf-8")
@@ -408,11 +422,18 @@ def main() -> None:
         f"must fail: {bad['must_fail_failed']} failed; {sum(bad['damaged'].values())} damaged: "
         + ", ".join(f"{n} {k}" for k, n in bad["damaged"].items())
         + f") | {len(bad['problems'])} |",
+        f"| listener attacks on a running node ({', '.join(r['attack'] for r in listener.get('rows', []))}), then "
+        f"a real storescu and echoscu each time | {listener.get('connections', 0)} "
+        f"connections in {listener['attacks']} attacks, {listener.get('log_lines', 0)} closing log lines | "
+        f"{len(listener['problems'])} |",
+        f"| optimised-graph cache tampering ({', '.join(r['tampering'] for r in cache['rows'])}) | "
+        f"{cache['cases']} cases, {cache['maps_compared']} maps identical to the clean run | "
+        f"{len(cache['problems'])} |",
         "",
         "Failure reasons of the bad inputs: "
         + "; ".join(f"{reason} ({n})" for reason, n in sorted(bad["reasons"].items(), key=lambda kv: -kv[1])),
         "",
-        *(f"- {p}" for p in kills["problems"] + sigs["problems"] + bad["problems"]),
+        *(f"- {p}" for _, part in parts for p in part["problems"]),
     ]
     (args.out / "faults.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

@@ -153,8 +153,8 @@ def test_a_config_file_error_does_not_repeat_the_file_name(tmp_path: Path, capsy
     ("extra", "message"),
     [
         (["--image", "missing.png"], "--image: no such file"),
-        (["--repeats", "0"], "--repeats 0 must be between 1 and 1000"),
-        (["--repeats", "-1"], "--repeats -1 must be between 1 and 1000"),
+        (["--repeats", "-1"], "--repeats -1 must be between 0 and 1000"),
+        (["--repeats", "5000"], "--repeats 5000 must be between 0 and 1000"),
         (["--size", "0"], "--size 0 must be a multiple of the model's VAE factor 8"),
         (["--size", "100"], "--size 100 must be a multiple"),
         (["--timeout", "0"], "--timeout 0.0 must be a positive number of seconds"),

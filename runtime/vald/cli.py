@@ -129,7 +129,12 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--name", help="the model's name in the table (default: the engine folder's name)")
     p.add_argument("--image", type=Path, help="input image (default: the engine folder's first sample, if any)")
     p.add_argument("--size", type=int, action="append", help="model resolution in pixels, repeatable (default: native)")
-    p.add_argument("--repeats", type=int, default=3, help="warm runs per contender after the cold one (default 3)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="warm runs per contender after the cold one (default 3; 0: the cold run only)",
+    )
     p.add_argument("--contenders", help="comma-separated names (default: all available; see the README)")
     p.add_argument("--quick", action="store_true", help="leave out the slowest CPU contenders (FP16 graphs, ...)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON and table go")

@@ -213,8 +213,8 @@ def check_bench_arguments(
 
     ``scale`` is the model's VAE scale factor: every size must be a multiple of it (the latent's side).
     """
-    if not 1 <= repeats <= 1000:
-        raise ConfigError(f"--repeats {repeats} must be between 1 and 1000 (warm runs after the cold one)")
+    if not 0 <= repeats <= 1000:
+        raise ConfigError(f"--repeats {repeats} must be between 0 and 1000 (warm runs after the cold one)")
     if not (math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"--timeout {timeout} must be a positive number of seconds")
     for size in sizes:
