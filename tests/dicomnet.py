@@ -254,6 +254,15 @@ def send_pynetdicom(net: Netns, files: Sequence[Path], port: int, *, aet: str = 
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A one-day self-signed certificate for localhost / 127.0.0.1 and its key (openssl), in ``folder``."""
+    cert, key = folder / "node.crt", folder / "node.key"
+    argv = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert)]
+    argv += ["-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    subprocess.run(argv, check=True, capture_output=True)
+    return cert, key
+
+
 def local_port() -> int:
     """A free port on this host's loopback (for in-process tests)."""
     with socket.socket() as s:

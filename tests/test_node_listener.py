@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dicomnet import REPO, local_port
+from dicomnet import REPO, local_port, self_signed_certificate
 
 pynetdicom = pytest.importorskip("pynetdicom")
 
@@ -190,29 +190,7 @@ def test_listener_timeouts_are_settings(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_a_silent_tls_peer_does_not_stop_the_listener(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path)
     receiver, port = _receiver(tmp_path, tls=Tls(certificate=cert, key=key), allowed_calling_ae_titles=("PYSCU",))
     silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]  # never start the handshake
     try:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import pytest
-from dicomnet import REPO, local_port, wait_for
+from dicomnet import REPO, local_port, self_signed_certificate, wait_for
 
 pynetdicom = pytest.importorskip("pynetdicom")
 pydicom = pytest.importorskip("pydicom")
@@ -104,29 +103,7 @@ def test_calling_ae_titles_and_addresses_not_allowed_are_turned_away(tmp_path: P
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_tls_with_client_certificates(tmp_path: Path) -> None:
-    cert, key = tmp_path / "node.crt", tmp_path / "node.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed_certificate(tmp_path)
     receiver, _, port = _receiver(tmp_path, tls=Tls(certificate=cert, key=key, ca=cert))
     try:
         client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
