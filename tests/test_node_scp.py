@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import threading
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,12 @@ def test_an_instance_over_the_size_limit_is_refused_while_it_arrives(tmp_path: P
     finally:
         receiver.stop()
     assert not list((tmp_path / "spool" / INCOMING).glob("*.dcm"))
+    # the node's side of the aborted association ends too (a handler once deadlocked on the receiver's lock)
+    wait_for(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("AcceptorThread") and t.is_alive()],
+        15,
+        "the aborted association's threads to end",
+    )
 
 
 def test_calling_ae_titles_and_addresses_not_allowed_are_turned_away(tmp_path: Path) -> None:

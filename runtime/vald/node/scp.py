@@ -211,7 +211,8 @@ class Receiver:
         items = getattr(event.pdu, "presentation_data_value_items", None)
         if not items:
             return
-        with self._lock:
+        too_large = False
+        with self._lock:  # nothing that takes the lock again (a handler) may run inside it
             count = self._bytes.get(id(event.assoc), 0)
             for item in items:
                 value = item.presentation_data_value or b""
@@ -219,13 +220,17 @@ class Receiver:
                     continue
                 count += len(value) - 1
                 if count > self.listen.max_instance_bytes:
-                    self._bytes.pop(id(event.assoc), None)
-                    self._conn(event).note = "an instance larger than max_instance_mb was arriving"
-                    event.assoc.abort()
-                    return
+                    too_large = True
+                    break
                 if value[0] & 2:  # the data set's last fragment
                     count = 0
-            self._bytes[id(event.assoc)] = count
+            if too_large:
+                self._bytes.pop(id(event.assoc), None)
+            else:
+                self._bytes[id(event.assoc)] = count
+        if too_large:
+            self._conn(event).note = "an instance larger than max_instance_mb was arriving"
+            event.assoc.abort()
 
     def _on_store(self, event: Any) -> Any:
         """Store durably, then answer: Success only once the instance is on disk."""
