@@ -85,16 +85,51 @@ def test_overlay_and_counterfactual_secondary_captures(outputs: Path, source: Pa
         np.testing.assert_array_equal(image.get_frame(1), ds.pixel_array)
 
 
-def test_fractional_segmentation_of_the_map(outputs: Path, source: Path) -> None:
-    src = pydicom.dcmread(source)
-    seg = hd.seg.segread(outputs / "segmentation.dcm")
-    _common_checks(seg, src)
-    assert seg.SegmentationType == "FRACTIONAL"
+def _segment_codes(seg) -> None:
     segment = seg.SegmentSequence[0]  # coded as what it is: a saliency map (CID 217), not a lesion
     category, kind = segment.SegmentedPropertyCategoryCodeSequence[0], segment.SegmentedPropertyTypeCodeSequence[0]
     assert (category.CodingSchemeDesignator, category.CodeValue) == ("DCM", "130401")  # Visual explanation
     assert (kind.CodingSchemeDesignator, kind.CodeValue) == ("DCM", "130404")  # Saliency
-    pixels = seg.get_pixels_by_source_instance([src.SOPInstanceUID], combine_segments=False)[0, ..., 0]
+
+
+def test_binary_segmentation_of_the_map_with_pixel_measures(outputs: Path, source: Path) -> None:
+    src = pydicom.dcmread(source)
+    # read with pydicom: highdicom 0.28.2's reader insists on a Slice Thickness in the Pixel Measures, which a
+    # projection radiograph does not have (PS3.3 C.7.6.16.2.1 requires it only for volumes); none is invented
+    seg = pydicom.dcmread(outputs / "segmentation.dcm")
+    _common_checks(seg, src)
+    _segment_codes(seg)
+    assert seg.SegmentationType == "BINARY" and "SliceThickness" not in seg.SharedFunctionalGroupsSequence[0]
+    # what OHIF's SEG loader needs on a projection radiograph: a Pixel Measures Sequence (the source has only
+    # Imager Pixel Spacing, which it carries)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [float(v) for v in src.ImagerPixelSpacing]
+    pixels = seg.pixel_array
+    assert (
+        seg.PerFrameFunctionalGroupsSequence[0]
+        .DerivationImageSequence[0]
+        .SourceImageSequence[0]
+        .ReferencedSOPInstanceUID
+        == src.SOPInstanceUID
+    )
+    magnitude = np.abs(np.load(outputs / "attribution.npy"))
+    result = json.loads((outputs / "result.json").read_text())
+    limit = result["display"]["colour_limit"]
+    assert result["dicom_segmentation"]["type"] == "binary"
+    assert result["dicom_segmentation"]["threshold"] == pytest.approx(0.5 * limit)
+    np.testing.assert_array_equal(pixels.astype(bool), magnitude >= 0.5 * limit)
+    assert 0 < pixels.sum() < pixels.size
+
+
+def test_fractional_segmentation_of_the_map(engines: Path, source: Path, tmp_path: Path) -> None:
+    assert _run(engines, [source], tmp_path, "--segmentation", "--seg-type", "fractional") == 0
+    src = pydicom.dcmread(source)
+    outputs = tmp_path / hashlib.sha256(src.SOPInstanceUID.encode()).hexdigest()[:16]
+    seg = pydicom.dcmread(outputs / "segmentation.dcm")  # pydicom: see the binary test for why not highdicom
+    _common_checks(seg, src)
+    _segment_codes(seg)
+    assert seg.SegmentationType == "FRACTIONAL" and seg.MaximumFractionalValue == 255
+    pixels = seg.pixel_array / 255.0
     assert pixels.shape == (src.Rows, src.Columns) and pixels.min() >= 0.0 and pixels.max() <= 1.0
     magnitude = np.abs(np.load(outputs / "attribution.npy"))
     limit = json.loads((outputs / "result.json").read_text())["display"]["colour_limit"]

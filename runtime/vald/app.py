@@ -195,9 +195,26 @@ def _dicom_extra(
     started = time.perf_counter()
     prov = Provenance(result["settings_sha256"], str(provenance.get("model_sha256")), __version__, task)
     files, uids = derived_files(
-        source.header, source.image, generated, signed_map, vmax, prov, segmentation=options.segmentation
+        source.header,
+        source.image,
+        generated,
+        signed_map,
+        vmax,
+        prov,
+        segmentation=options.segmentation,
+        seg_type=options.seg_type,
     )
     result["dicom_outputs"] = uids
+    if options.segmentation:
+        from vald.dicom.writer import SEG_THRESHOLD
+
+        binary = options.seg_type == "binary"
+        result["dicom_segmentation"] = {
+            "type": options.seg_type,
+            "rule": "|M| >= threshold" if binary else "|M| / colour_limit, clipped to 1",
+            "threshold_fraction_of_colour_limit": SEG_THRESHOLD if binary else None,
+            "threshold": SEG_THRESHOLD * vmax if binary else None,
+        }
     result["timings_s"]["dicom_outputs"] = time.perf_counter() - started
     result["timings_s"]["total"] += result["timings_s"]["dicom_outputs"]
     return files

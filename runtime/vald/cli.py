@@ -82,7 +82,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output (failures are still reported)")
     p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
     p.add_argument("--no-dicom-out", action="store_true", help="no derived DICOM objects for DICOM inputs")
-    p.add_argument("--segmentation", action="store_true", help="also a fractional DICOM Segmentation of |M|")
+    p.add_argument("--segmentation", action="store_true", help="also a DICOM Segmentation of the map's region")
+    p.add_argument(
+        "--seg-type",
+        choices=["binary", "fractional"],
+        default="binary",
+        help="binary: |M| >= half the colour limit (OHIF shows it; default); fractional: |M| scaled (Weasis, Slicer)",
+    )
 
 
 def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -263,7 +269,7 @@ def _progress(quiet: bool, prefix: str = "") -> Callable[[int, int], None] | Non
 
 
 def _options(args: argparse.Namespace) -> OutputOptions:
-    return OutputOptions(dicom=not args.no_dicom_out, segmentation=args.segmentation)
+    return OutputOptions(dicom=not args.no_dicom_out, segmentation=args.segmentation, seg_type=args.seg_type)
 
 
 def _loader(args: argparse.Namespace) -> Callable[[Path, str | None], Source]:

@@ -296,7 +296,12 @@ class OutputOptions:
     """Which outputs to write besides the PNG/NPY/JSON set."""
 
     dicom: bool = True  # derived DICOM objects when the input is DICOM
-    segmentation: bool = False  # also the fractional Segmentation of |M|
+    segmentation: bool = False  # also the Segmentation of the map
+    seg_type: str = "binary"  # "binary" (|M| >= half the colour limit; OHIF shows it) or "fractional"
+
+    def __post_init__(self) -> None:
+        if self.seg_type not in ("binary", "fractional"):
+            raise ConfigError(f"seg_type={self.seg_type!r} must be 'binary' or 'fractional'")
 
 
 DEFAULT_OUTPUTS = OutputOptions()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
@@ -70,16 +72,32 @@ def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def limit_label(vmax: float) -> str:
+    """The colour limit as the bar prints it: two decimals, or two significant digits below 0.01."""
+    return f"{vmax:.2f}" if vmax >= 0.01 else f"{vmax:.1e}"
+
+
 def colour_bar(height: int, vmax: float, width: int = 64) -> Image.Image:
-    """A vertical bar from -vmax (bottom) to +vmax (top) with three labels, scaled to ``width``."""
+    """A vertical bar from -vmax (bottom) to +vmax (top) with three labels, scaled to ``width``.
+
+    ``width`` is a minimum: the panel widens until its longest label fits with a margin, so a label is never
+    cut off at the image's edge (on a 256² image it read "+0" once).
+    """
     scale = width / 64
-    bar_w, text_px = max(16, round(16 * scale)), max(10, round(11 * scale))
+    bar_w, text_px = max(8, round(16 * scale)), max(9, round(11 * scale))
+    face = font(text_px)
+    labels = (f"+{limit_label(vmax)}", "0", f"-{limit_label(vmax)}")
+    gap = max(3, round(4 * scale))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max(math.ceil(probe.textlength(label, font=face)) for label in labels)
+    total = max(width, 2 + bar_w + gap + text_w + max(2, gap))
     bar = diverging(np.linspace(1.0, -1.0, height))[:, None, :].repeat(bar_w, axis=1)
-    canvas = Image.new("RGB", (width, height), (0, 0, 0))
+    canvas = Image.new("RGB", (total, height), (0, 0, 0))
     canvas.paste(Image.fromarray((bar * 255).astype(np.uint8)), (2, 0))
-    draw, face = ImageDraw.Draw(canvas), font(text_px)
-    x = bar_w + max(4, round(4 * scale))
-    for y, label in ((0, f"+{vmax:.3f}"), (height // 2 - text_px // 2, "0"), (height - text_px - 2, f"-{vmax:.3f}")):
+    draw = ImageDraw.Draw(canvas)
+    x = 2 + bar_w + gap
+    rows = (0, height // 2 - text_px // 2, height - text_px - 2)
+    for y, label in zip(rows, labels, strict=True):
         draw.text((x, max(0, y)), label, fill=(255, 255, 255), font=face)
     return canvas
 

@@ -29,8 +29,9 @@ def derived_files(
     prov: Provenance,
     *,
     segmentation: bool,
+    seg_type: str = "binary",
 ) -> tuple[dict[str, bytes], dict[str, dict[str, str]]]:
-    """Overlay SC, generated-image SC and (optionally) the |M| Segmentation, at the source's native matrix.
+    """Overlay SC, generated-image SC and (optionally) the map's Segmentation, at the source's native matrix.
 
     ``vmax`` is the input's colour limit: the overlay's colours and the SEG's fraction saturate there.
 
@@ -48,7 +49,7 @@ def derived_files(
             objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
             objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
             if segmentation:
-                objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov)
+                objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov, seg_type)
             files = {name: to_bytes(ds) for name, ds in objects.items()}
         uids = {
             name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}

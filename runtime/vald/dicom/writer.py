@@ -1,4 +1,4 @@
-"""Derived DICOM objects: RGB overlay and counterfactual Secondary Captures, a fractional Segmentation of |M|.
+"""Derived DICOM objects: RGB overlay and counterfactual Secondary Captures, a Segmentation of |M|.
 
 Every object keeps the study (and patient) of its source, gets its own series and instance, refers to
 its source (Referenced and Source Image Sequence), has a Series Description beginning "Not for
@@ -7,9 +7,12 @@ diagnostic use" and names vald, its version and the model hash under Contributin
 UIDs are derived (``2.25.`` + a hash) from the source's UIDs, the output kind, the settings and the
 model: a re-run with the same settings writes the same UIDs, so a PACS does not get duplicates.
 
-Why a Segmentation and not a Parametric Map: highdicom's Parametric Map refuses projection
-radiographs as its source (highdicom 0.28.2); a FRACTIONAL Segmentation carries |M| scaled to
-0..1 on the source's own pixel matrix and overlays in viewers that support SEG.
+The Segmentation is BINARY by default: the region where |M| reaches ``SEG_THRESHOLD`` of the input's
+colour limit (the value the overlay saturates at), which viewers such as OHIF show; FRACTIONAL (|M| scaled
+to 0..1 by the colour limit) stays available for viewers that show fractional segmentations (Weasis,
+3D Slicer; OHIF does not).  Its Pixel Measures Sequence carries the source's Pixel Spacing, else its Imager
+Pixel Spacing (the detector plane, as the source's own measurements use it), else its Nominal Scanned Pixel
+Spacing; a source with none of them gets no Pixel Measures (nothing is invented).
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from vald.render import CAUTION
 SERIES: dict[str, tuple[int, str]] = {
     "overlay": (9101, "vald attribution overlay"),
     "counterfactual": (9102, "vald normal counterfactual"),
-    "segmentation": (9103, "vald attribution |M| (fractional SEG)"),
+    "segmentation": (9103, "vald attribution region (SEG)"),
     "induced-overlay": (9111, "vald induced change overlay"),
     "induced": (9112, "vald induced finding (synthetic)"),
-    "induced-segmentation": (9113, "vald induced change (fractional SEG)"),
+    "induced-segmentation": (9113, "vald induced change (SEG)"),
 }
 NOT_FOR_DIAGNOSIS = "Not for diagnostic use"
+SEG_THRESHOLD = 0.5  # BINARY SEG: |M| >= this fraction of the colour limit (the overlay's saturation value)
+SEG_TYPES = ("binary", "fractional")
 MANUFACTURER = "vald"
 
 
@@ -82,8 +87,13 @@ TYPE2_COPIED = (
 
 
 def _source_copy(header: Any, drop: tuple[str, ...] = ()) -> Any:
-    """A copy of the source header for highdicom: empty Type 2 attributes where missing, ``drop`` removed."""
+    """A copy of the source header for highdicom: empty Type 2 attributes where missing, ``drop`` removed.
+
+    The copy has its own element dictionary: pydicom's ``Dataset.copy`` shares it, so removing ``drop``
+    from that copy once removed the source's own spacing too (elements themselves are not changed).
+    """
     source = header.copy()
+    source._dict = dict(header._dict)
     for name in TYPE2_COPIED:
         if name not in source:
             setattr(source, name, None)
@@ -214,38 +224,61 @@ def grey_sc(header: Any, figure16: NDArray[np.uint16], prov: Provenance) -> Any:
     return ds
 
 
-def attribution_seg(header: Any, signed_map: NDArray[np.float32], vmax: float, prov: Provenance) -> Any:
-    """FRACTIONAL Segmentation of |M| / ``vmax`` (the input's colour limit), clipped to 1, on the source's matrix.
+def pixel_measures(header: Any) -> Any:
+    """The SEG's Pixel Measures Sequence from the source's spacing (see the module docstring), or None."""
+    import highdicom as hd
 
-    The source's spacing attributes are left out of the copy handed to highdicom: a projection
-    radiograph has no slice thickness, and highdicom 0.28.2 cannot read back a Pixel Measures
-    Sequence without one.  The SEG is tied to its source pixel for pixel by reference instead.
+    for name in ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"):
+        value = header.get(name, None)
+        if _positive(value):
+            return hd.PixelMeasuresSequence([float(v) for v in value], None)  # a projection: no slice thickness
+    return None
+
+
+def attribution_seg(
+    header: Any, signed_map: NDArray[np.float32], vmax: float, prov: Provenance, seg_type: str = "binary"
+) -> Any:
+    """Segmentation of the map on the source's matrix: BINARY |M| >= SEG_THRESHOLD·``vmax``, or FRACTIONAL |M|/``vmax``.
+
+    The source's spacing attributes are left out of the copy handed to highdicom (it would look for a
+    slice thickness a projection radiograph does not have); the spacing goes into the Pixel Measures
+    Sequence instead (:func:`pixel_measures`).
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
     if signed_map.shape != (int(header.Rows), int(header.Columns)):
         raise ValdError("the attribution map must be on the source's pixel matrix")
+    if seg_type not in SEG_TYPES:
+        raise ValdError(f"seg_type={seg_type!r} is not one of {', '.join(SEG_TYPES)}")
     source = _source_copy(header, drop=("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"))
     kind = prov.kind("segmentation")
     series_uid, sop_uid = _uids(header, kind, prov)
-    fraction = np.clip(np.abs(signed_map) / vmax, 0.0, 1.0).astype(np.float32)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="vald", family=codes.cid7162.ArtificialIntelligence, version=prov.version
     )
+    label = "attribution" if prov.task != "induction" else "induced change"
     segment = hd.seg.SegmentDescription(
         segment_number=1,
-        segment_label="attribution |M|" if prov.task != "induction" else "induced change",
+        segment_label=f"{label} |M|" if seg_type == "fractional" else f"{label} region",
         # CID 217 "Visual Explanation": what the map is (a saliency map), not a lesion it would claim to find
         segmented_property_category=codes.DCM.VisualExplanation,
         segmented_property_type=codes.DCM.Saliency,
         algorithm_type="AUTOMATIC",
         algorithm_identification=algorithm,
     )
+    if seg_type == "binary":
+        pixels: NDArray[Any] = np.abs(signed_map) >= SEG_THRESHOLD * vmax
+        extra: dict[str, Any] = {}
+        what = f"|M| >= {SEG_THRESHOLD:g} x the colour limit {vmax:.4g}"
+    else:
+        pixels = np.clip(np.abs(signed_map) / vmax, 0.0, 1.0).astype(np.float32)
+        extra = {"fractional_type": "PROBABILITY", "max_fractional_value": 255}
+        what = f"|M| / the colour limit {vmax:.4g}, clipped to 1"
     ds = hd.seg.Segmentation(
         source_images=[source],
-        pixel_array=fraction,
-        segmentation_type="FRACTIONAL",
+        pixel_array=pixels,
+        segmentation_type=seg_type.upper(),
         segment_descriptions=[segment],
         series_instance_uid=series_uid,
         series_number=SERIES[kind][0],
@@ -255,14 +288,32 @@ def attribution_seg(header: Any, signed_map: NDArray[np.float32], vmax: float, p
         manufacturer_model_name=f"vald model sha256 {prov.model_sha256[:16]}",
         software_versions=prov.version,
         device_serial_number="none",
-        fractional_type="PROBABILITY",
-        max_fractional_value=255,
-        content_description=f"{NOT_FOR_DIAGNOSIS}: |M| scaled by its 99.5th percentile",
+        content_description=f"{NOT_FOR_DIAGNOSIS}: {what}"[:64],
         contributing_equipment=[_equipment(prov)],
         omit_empty_frames=False,
+        pixel_measures=pixel_measures(header),
+        **extra,
     )
     _label(ds, header, kind, prov, image=False)
+    ds.DerivationDescription = f"{ds.DerivationDescription}; {seg_type} segmentation: {what}"[:1024]
+    if "FrameOfReferenceUID" not in header:
+        _image_axes_orientation(ds)
     return ds
+
+
+def _image_axes_orientation(ds: Any) -> None:
+    """State the source's own pixel axes as the SEG's plane orientation (a projection radiograph has none).
+
+    OHIF's SEG loader (cornerstone adapters, 3.13) compares the SEG's Plane Orientation with the image plane
+    it assumes for a source without one, rows along (1, 0, 0) and columns along (0, 1, 0), and refuses the
+    SEG without it.  The values mean "the source's pixel grid", not a geometry in patient coordinates; no
+    position is written.
+    """
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence = [item]
 
 
 def to_bytes(ds: Any) -> bytes:

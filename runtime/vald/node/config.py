@@ -3,7 +3,8 @@
 engines = "/opt/vald/engines/demo"    # engine folder (relative paths are relative to the TOML file)
 out = "/var/lib/vald/out"             # results, laid out as `vald run --out`
 spool = "/var/lib/vald/spool"         # received instances and delivery state
-segmentation = true                   # also send the Segmentation of |M|
+segmentation = true                   # also send the Segmentation of the map's region
+seg_type = "binary"                   # or "fractional" (for Weasis / 3D Slicer sites)
 
 [listen]
 ae_title = "VALD"
@@ -147,6 +148,7 @@ class NodeConfig:
     spool: Path
     run: RunConfig = field(default_factory=RunConfig)
     segmentation: bool = False
+    seg_type: str = "binary"
     listen: Listen = field(default_factory=Listen)
     destinations: tuple[Destination, ...] = ()
     delivery: Delivery = field(default_factory=Delivery)
@@ -160,13 +162,16 @@ class NodeConfig:
     def from_mapping(cls, data: dict[str, Any], base: Path) -> NodeConfig:
         """Build from parsed TOML; relative paths are taken from ``base``."""
         data = dict(data)
-        known = ["engines", "out", "spool", "segmentation", "listen", "run", "destination", "delivery"]
+        known = ["engines", "out", "spool", "segmentation", "seg_type", "listen", "run", "destination", "delivery"]
         engines = _path(data.pop("engines", "engines/demo"), "engines", base)
         out = _path(data.pop("out", None), "out", base)
         spool = _path(data.pop("spool", None), "spool", base)
         segmentation = data.pop("segmentation", False)
         if not isinstance(segmentation, bool):
             raise ConfigError(f"segmentation={segmentation!r} must be true or false")
+        seg_type = data.pop("seg_type", "binary")
+        if seg_type not in ("binary", "fractional"):
+            raise ConfigError(f"seg_type={seg_type!r} must be 'binary' or 'fractional'")
         run = RunConfig.from_mapping(_table(data.pop("run", {}), "run"))
         listen = _listen(_table(data.pop("listen", {}), "listen"), base)
         destinations = tuple(
@@ -184,6 +189,7 @@ class NodeConfig:
             spool=spool,
             run=run,
             segmentation=segmentation,
+            seg_type=seg_type,
             listen=listen,
             destinations=destinations,
             delivery=delivery,
