@@ -62,7 +62,7 @@ def test_every_derived_object_has_no_validator_error(engines: Path, tmp_path: Pa
     induce = ["induce", str(sources[1]), "--mask", str(mask), "--prompt", "left lower zone consolidation"]
     assert main([*induce, "--engines", str(engines), "--out", str(out / "induce"), *FAST, "--segmentation"]) == 0
     written = sorted(out.rglob("*.dcm"))
-    assert len(written) == 3 * 3 + 3  # overlay, counterfactual and SEG per input, and the induction's three
+    assert len(written) == 4 * 3 + 4  # overlay, counterfactual, SEG and SR per input, and the induction's four
     report = {str(p.relative_to(out)): _errors(p) for p in written}
     assert {k: v for k, v in report.items() if v} == {}
 

@@ -121,6 +121,59 @@ def test_binary_segmentation_of_the_map_with_pixel_measures(outputs: Path, sourc
     assert 0 < pixels.sum() < pixels.size
 
 
+def _texts(node) -> list[str]:
+    found = []
+    for child in node.get("ContentSequence", []):
+        for key in ("TextValue", "UID"):
+            if key in child:
+                found.append(str(child[key].value))
+        found += _texts(child)
+    return found
+
+
+def _references(node) -> list:
+    found = []
+    for child in node.get("ContentSequence", []):
+        found += list(child.get("ReferencedSOPSequence", [])) + _references(child)
+    return found
+
+
+def test_structured_report_names_the_algorithm_and_refers_to_the_segment(outputs: Path, source: Path) -> None:
+    src = pydicom.dcmread(source)
+    sr = hd.sr.srread(outputs / "report.dcm")
+    seg = pydicom.dcmread(outputs / "segmentation.dcm")
+    result = json.loads((outputs / "result.json").read_text())
+    assert sr.StudyInstanceUID == src.StudyInstanceUID and sr.SeriesDescription.startswith("Not for diagnostic use")
+    assert result["dicom_outputs"]["report.dcm"]["sop_instance_uid"] == sr.SOPInstanceUID
+    group = sr.content.get_planar_roi_measurement_groups()[0]
+    refs = [r for r in _references(sr) if "ReferencedSegmentNumber" in r]
+    assert len(refs) == 1
+    item = refs[0]
+    assert item.ReferencedSOPInstanceUID == seg.SOPInstanceUID and item.ReferencedSegmentNumber == 1
+    assert "ReferencedFrameNumber" not in item  # PS3.3: the segment alone
+    text = " | ".join(_texts(sr))
+    for expected in (
+        "vald",
+        __version__,
+        f"settings sha256 {result['settings_sha256']}",
+        "seed 0",
+        "backend onnxruntime",
+        "precision fp32",
+        "not for diagnostic use",
+    ):
+        assert expected in text, expected
+    area = group.get_measurements()[0]
+    spacing = [float(v) for v in src.ImagerPixelSpacing]
+    region = np.abs(np.load(outputs / "attribution.npy")) >= 0.5 * result["display"]["colour_limit"]
+    assert area.value == pytest.approx(region.sum() * spacing[0] * spacing[1])
+    evidence = {
+        item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        for s_ in sr.CurrentRequestedProcedureEvidenceSequence
+        for item in s_.ReferencedSeriesSequence
+    }
+    assert {src.SOPInstanceUID, seg.SOPInstanceUID} <= evidence
+
+
 def test_fractional_segmentation_of_the_map(engines: Path, source: Path, tmp_path: Path) -> None:
     assert _run(engines, [source], tmp_path, "--segmentation", "--seg-type", "fractional") == 0
     src = pydicom.dcmread(source)

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,22 @@ def _red_inside_and_far(shot: np.ndarray, mask: np.ndarray, box: list[float]) ->
     return float(red[mask].mean()), float(red[far].mean())
 
 
+def _viewer_error(page, path: Path) -> str:
+    """The text of OHIF's error boundary ("Something went wrong", no console line), closed again; "" if none."""
+    if not page.get_by_text("Something went wrong").count():
+        return ""
+    details = page.get_by_role("button", name="Show Details")
+    if details.count():
+        details.first.dispatch_event("click")
+        time.sleep(1)
+        page.screenshot(path=str(path.with_name(path.stem + "-details.png")))
+    body = page.inner_text("body")
+    text = body[body.find("TypeError") if "TypeError" in body else body.find("Something went wrong") :][:300]
+    page.keyboard.press("Escape")
+    time.sleep(1)
+    return " ".join(text.split())
+
+
 def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) -> None:
     """BINARY: every object shows, colours on the lesion.  FRACTIONAL: OHIF refuses it, a named limitation."""
     from playwright.sync_api import sync_playwright
@@ -114,6 +131,7 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
     mask = np.asarray(Image.open(SAMPLES / "consolidation_mask.png").convert("L")) > 127
     problems: list[str] = []
     seen: dict[str, tuple[float, float]] = {}
+    limitations: dict[str, str] = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=CHROMIUM,
@@ -137,9 +155,10 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
         time.sleep(3)
         thumbs = page.locator('[data-cy^="study-browser-thumbnail"]')
         labels = [thumbs.nth(i).inner_text().replace("\n", " ") for i in range(thumbs.count())]
-        assert len(labels) == 4 and sum("Not for diagnostic use" in t for t in labels) == 3, labels
+        assert len(labels) == 5 and sum("Not for diagnostic use" in t for t in labels) == 4, labels
         for i, label in enumerate(labels):
-            kind = "seg" if label.startswith("SEG") else "overlay" if "overlay" in label else "other"
+            kind = "seg" if label.startswith("SEG") else "sr" if label.startswith("SR") else "other"
+            kind = "overlay" if "overlay" in label else kind
             thumbs.nth(i).dblclick()
             page.wait_for_load_state("networkidle")
             time.sleep(4)
@@ -149,12 +168,22 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
                 time.sleep(4)
             path = ARTEFACTS / f"ohif-{OHIF_VERSION}-{seg_type}-{i}-{kind}.png"
             page.screenshot(path=str(path))
+            error = _viewer_error(page, path)
+            if kind == "sr":
+                # the expected, named limitation: OHIF 3.13.2's SR viewport reads measurements only from SCOORD
+                # geometry; a TID 1500 group whose region is a SEG reference stops it (TypeError reading
+                # 'ReferencedSOPSequence' in _checkIfCanAddMeasurementsToDisplaySet)
+                limitations["sr"] = error
+                assert "ReferencedSOPSequence" in error, error or "OHIF showed the SR: update the docs and this test"
+            elif error:
+                problems.append(f"{kind}: the viewer shows an error: {error}")
             if kind in ("seg", "overlay"):
                 shot = np.asarray(Image.open(path).convert("RGB"))
                 seen[kind] = _red_inside_and_far(shot, mask, page.evaluate(IMAGE_ON_SCREEN))
         browser.close()
     measured = {k: {"inside": v[0], "far": v[1]} for k, v in seen.items()}
-    (ARTEFACTS / f"measured-{seg_type}.json").write_text(json.dumps({"problems": problems, **measured}, indent=1))
+    report = {"problems": problems, "expected_limitations": limitations, **measured}
+    (ARTEFACTS / f"measured-{seg_type}.json").write_text(json.dumps(report, indent=1))
     if seg_type == "fractional":
         # the expected, named limitation: OHIF 3.13.2 does not display FRACTIONAL segmentations (its issue #1346)
         assert problems and all("Fractional segmentations are not yet supported" in p for p in problems), problems

@@ -169,6 +169,21 @@ def _result(
     }
 
 
+def _algorithm(result: dict[str, Any], provenance: dict[str, Any]) -> Any:
+    """What the SR names as the algorithm: version, engine set and settings hashes, seed, backend, precision."""
+    from vald.dicom.report import Algorithm
+
+    unet = provenance["sessions"].get("unet", {})
+    return Algorithm(
+        version=__version__,
+        engines_sha256=_sha(json.dumps(provenance["engine_files_sha256"], sort_keys=True)),
+        settings_sha256=result["settings_sha256"],
+        seed=int(result["settings"].get("seed", 0)),
+        backend=str(unet.get("backend", "")),
+        precision=str(unet.get("precision", "")),
+    )
+
+
 def _display(result: dict[str, Any], signed_map: NDArray[np.float32]) -> float:
     """The input's colour limit, recorded in ``result``: heat maps, overlays and the SEG all saturate there."""
     vmax = symmetric_limit(signed_map)
@@ -203,6 +218,7 @@ def _dicom_extra(
         prov,
         segmentation=options.segmentation,
         seg_type=options.seg_type,
+        algorithm=_algorithm(result, provenance) if options.report else None,
     )
     result["dicom_outputs"] = uids
     if options.segmentation:

@@ -83,6 +83,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
     p.add_argument("--no-dicom-out", action="store_true", help="no derived DICOM objects for DICOM inputs")
     p.add_argument("--segmentation", action="store_true", help="also a DICOM Segmentation of the map's region")
+    p.add_argument("--no-sr", action="store_true", help="no Structured Report (TID 1500) beside the Segmentation")
     p.add_argument(
         "--seg-type",
         choices=["binary", "fractional"],
@@ -269,7 +270,9 @@ def _progress(quiet: bool, prefix: str = "") -> Callable[[int, int], None] | Non
 
 
 def _options(args: argparse.Namespace) -> OutputOptions:
-    return OutputOptions(dicom=not args.no_dicom_out, segmentation=args.segmentation, seg_type=args.seg_type)
+    return OutputOptions(
+        dicom=not args.no_dicom_out, segmentation=args.segmentation, seg_type=args.seg_type, report=not args.no_sr
+    )
 
 
 def _loader(args: argparse.Namespace) -> Callable[[Path, str | None], Source]:

@@ -298,6 +298,7 @@ class OutputOptions:
     dicom: bool = True  # derived DICOM objects when the input is DICOM
     segmentation: bool = False  # also the Segmentation of the map
     seg_type: str = "binary"  # "binary" (|M| >= half the colour limit; OHIF shows it) or "fractional"
+    report: bool = True  # with the Segmentation, a TID 1500 Structured Report that refers to it
 
     def __post_init__(self) -> None:
         if self.seg_type not in ("binary", "fractional"):

@@ -9,7 +9,8 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from vald.dicom.reader import quiet_dicom
-from vald.dicom.writer import Provenance, attribution_seg, grey_sc, overlay_sc, to_bytes
+from vald.dicom.report import Algorithm, attribution_sr
+from vald.dicom.writer import SEG_THRESHOLD, Provenance, attribution_seg, grey_sc, overlay_sc, to_bytes
 from vald.errors import InputError, ValdError
 from vald.render import overlay_figure, with_caution
 
@@ -17,6 +18,7 @@ OVERLAY_DCM = "overlay.dcm"
 GENERATED_DCM = "counterfactual.dcm"
 INDUCED_DCM = "induced.dcm"
 SEGMENTATION_DCM = "segmentation.dcm"
+REPORT_DCM = "report.dcm"
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -30,10 +32,12 @@ def derived_files(
     *,
     segmentation: bool,
     seg_type: str = "binary",
+    algorithm: Algorithm | None = None,
 ) -> tuple[dict[str, bytes], dict[str, dict[str, str]]]:
     """Overlay SC, generated-image SC and (optionally) the map's Segmentation, at the source's native matrix.
 
     ``vmax`` is the input's colour limit: the overlay's colours and the SEG's fraction saturate there.
+    With the Segmentation and an ``algorithm``, a TID 1500 Structured Report that refers to the SEG's region.
 
     A source header that cannot carry derived objects (missing or damaged UIDs) is an InputError naming
     the problem, not the value.
@@ -49,7 +53,10 @@ def derived_files(
             objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
             objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
             if segmentation:
-                objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov, seg_type)
+                seg = objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov, seg_type)
+                if algorithm is not None:
+                    region = np.abs(signed_map) >= SEG_THRESHOLD * vmax
+                    objects[REPORT_DCM] = attribution_sr(header, seg, region, algorithm, prov)
             files = {name: to_bytes(ds) for name, ds in objects.items()}
         uids = {
             name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}
