@@ -208,3 +208,42 @@ def test_a_silent_tls_peer_does_not_stop_the_listener(tmp_path: Path, caplog: py
             sock.close()
         receiver.stop()
     assert any("TLS handshake failed" in r.getMessage() for r in caplog.records)
+
+
+def _association_request(calling: str) -> bytes:
+    """A valid A-ASSOCIATE-RQ (Verification) from ``calling`` to VALD, as bytes on the wire."""
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = calling, "VALD"
+    length, implementation = MaximumLengthNotification(), ImplementationClassUIDNotification()
+    length.maximum_length_received, implementation.implementation_class_uid = 16382, "1.2.826.0.1.3680043.9.1"
+    primitive.user_information = [length, implementation]
+    context = build_context("1.2.840.10008.1.1")
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(primitive)
+    return bytes(pdu.encode())
+
+
+@needs_dcmtk
+def test_rejected_peers_that_stay_connected_hold_no_slot(tmp_path: Path) -> None:
+    receiver, port = _receiver(tmp_path, max_associations=2)
+    strangers = []
+    try:
+        for _ in range(6):  # a valid request from an AE title not allowed, then the connection kept open
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(_association_request("STRANGER"))
+            strangers.append(sock)
+        time.sleep(1)
+        started = time.monotonic()
+        assert _echoscu(port).returncode == 0 and time.monotonic() - started < 5
+        assert _echoscu(port).returncode == 0
+    finally:
+        for sock in strangers:
+            sock.close()
+        receiver.stop()

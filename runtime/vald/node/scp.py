@@ -176,6 +176,8 @@ class Receiver:
         LOG.info("association accepted from %s (%s -> %s)", conn.peer, conn.calling, conn.called)
 
     def _on_rejected(self, event: Any) -> None:
+        with self._lock:  # a rejected peer that keeps its connection open must not keep a slot
+            self._slots.discard(id(event.assoc))
         conn = self._conn(event)
         primitive = event.assoc.acceptor.primitive
         if not conn.outcome.startswith("rejected"):
