@@ -87,6 +87,13 @@ class StampStore:
         stamp = self._stamps.get(rel)
         return stamp.sha256 if stamp is not None else None
 
+    def content_matches(self, rel: str) -> bool:
+        """Whether ``rel`` exists and its bytes hash to the sha256 recorded when it was stamped (reads the file)."""
+        from vald.manifest import sha256_file
+
+        recorded, path = self.recorded_sha256(rel), self.root / rel
+        return recorded is not None and path.is_file() and sha256_file(path) == recorded
+
     def derived(self) -> list[str]:
         """The stamped files under the derived-graph folders (relative paths)."""
         prefixes = tuple(f"{CACHE_DIR}/{name}/" for name in DERIVED)
@@ -129,15 +136,8 @@ DERIVED = ("ort", "openvino")  # cache sub-folders made from the engine files, r
 
 def altered_derived(root: Path) -> list[str]:
     """Derived files whose content no longer has the sha256 recorded when they were written (or are gone)."""
-    from vald.manifest import sha256_file
-
     stamps = StampStore(root)
-    altered = []
-    for rel in stamps.derived():
-        path = root / rel
-        if not path.is_file() or sha256_file(path) != stamps.recorded_sha256(rel):
-            altered.append(rel)
-    return altered
+    return [rel for rel in stamps.derived() if not stamps.content_matches(rel)]
 
 
 def clear_derived(root: Path) -> list[str]:

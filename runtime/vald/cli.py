@@ -22,6 +22,7 @@ from vald import __version__
 from vald.config import (
     EXPORT_PRECISIONS,
     INDUCE_DEFAULTS,
+    SEG_TYPES,
     Backend,
     Loop,
     Mode,
@@ -86,7 +87,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-sr", action="store_true", help="no Structured Report (TID 1500) beside the Segmentation")
     p.add_argument(
         "--seg-type",
-        choices=["binary", "fractional"],
+        choices=SEG_TYPES,
         default="binary",
         help="binary: |M| >= half the colour limit (OHIF shows it; default); fractional: |M| scaled (Weasis, Slicer)",
     )

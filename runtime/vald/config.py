@@ -155,17 +155,13 @@ class RunConfig:
         _check_number(self, "eta", float, low=0.0, high=1.0)
         _check_number(self, "seed", int, low=0, high=2**63 - 1)
         _check_number(self, "average", int, low=1, high=64)
+        _check_number(self, "threads", int, low=0)
         cpus = available_cpus()
-        if (
-            isinstance(self.threads, int)
-            and not isinstance(self.threads, bool)
-            and self.threads > THREADS_PER_CPU * cpus
-        ):
+        if self.threads > THREADS_PER_CPU * cpus:
             raise ConfigError(
                 f"threads={self.threads} is more than {THREADS_PER_CPU} per CPU this process may use "
                 f"({cpus} CPU(s): at most {THREADS_PER_CPU * cpus}; 0 = one per CPU)"
             )
-        _check_number(self, "threads", int, low=0)
         if self.precision not in BACKEND_PRECISIONS[self.backend]:
             allowed = ", ".join(p.value for p in BACKEND_PRECISIONS[self.backend])
             raise ConfigError(
@@ -291,6 +287,9 @@ def _check_number(
         raise ConfigError(f"{name}={value!r} is out of range; expected {lo}{low}, {high if high is not None else '∞'}]")
 
 
+SEG_TYPES = ("binary", "fractional")  # of the derived Segmentation (see vald.dicom.writer)
+
+
 @dataclass(frozen=True)
 class OutputOptions:
     """Which outputs to write besides the PNG/NPY/JSON set."""
@@ -301,8 +300,14 @@ class OutputOptions:
     report: bool = True  # with the Segmentation, a TID 1500 Structured Report that refers to it
 
     def __post_init__(self) -> None:
-        if self.seg_type not in ("binary", "fractional"):
-            raise ConfigError(f"seg_type={self.seg_type!r} must be 'binary' or 'fractional'")
+        check_seg_type(self.seg_type)
+
+
+def check_seg_type(value: object) -> str:
+    """``value`` if it names a Segmentation type (:data:`SEG_TYPES`), else ConfigError."""
+    if value not in SEG_TYPES:
+        raise ConfigError(f"seg_type={value!r} must be 'binary' or 'fractional'")
+    return str(value)
 
 
 DEFAULT_OUTPUTS = OutputOptions()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vald.dicom.reader import quiet_dicom
 from vald.dicom.report import Algorithm, attribution_sr
-from vald.dicom.writer import SEG_THRESHOLD, Provenance, attribution_seg, grey_sc, overlay_sc, to_bytes
+from vald.dicom.writer import Provenance, attribution_seg, binary_region, grey_sc, overlay_sc, to_bytes
 from vald.errors import InputError, ValdError
 from vald.render import overlay_figure, with_caution
 
@@ -55,7 +55,7 @@ def derived_files(
             if segmentation:
                 seg = objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov, seg_type)
                 if algorithm is not None:
-                    region = np.abs(signed_map) >= SEG_THRESHOLD * vmax
+                    region = binary_region(signed_map, vmax)
                     objects[REPORT_DCM] = attribution_sr(header, seg, region, algorithm, prov)
             files = {name: to_bytes(ds) for name, ds in objects.items()}
         uids = {

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from vald.config import check_seg_type
 from vald.errors import ValdError
 from vald.render import CAUTION
 
@@ -41,7 +42,14 @@ SERIES: dict[str, tuple[int, str]] = {
 }
 NOT_FOR_DIAGNOSIS = "Not for diagnostic use"
 SEG_THRESHOLD = 0.5  # BINARY SEG: |M| >= this fraction of the colour limit (the overlay's saturation value)
-SEG_TYPES = ("binary", "fractional")
+
+
+def binary_region(signed_map: NDArray[np.float32], vmax: float) -> NDArray[np.bool_]:
+    """The BINARY SEG's region (and the SR's): |M| >= ``SEG_THRESHOLD`` x the colour limit ``vmax``."""
+    region: NDArray[np.bool_] = np.abs(signed_map) >= SEG_THRESHOLD * vmax
+    return region
+
+
 MANUFACTURER = "vald"
 
 
@@ -251,8 +259,7 @@ def attribution_seg(
 
     if signed_map.shape != (int(header.Rows), int(header.Columns)):
         raise ValdError("the attribution map must be on the source's pixel matrix")
-    if seg_type not in SEG_TYPES:
-        raise ValdError(f"seg_type={seg_type!r} is not one of {', '.join(SEG_TYPES)}")
+    check_seg_type(seg_type)
     source = _source_copy(header, drop=("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"))
     kind = prov.kind("segmentation")
     series_uid, sop_uid = _uids(header, kind, prov)
@@ -270,7 +277,7 @@ def attribution_seg(
         algorithm_identification=algorithm,
     )
     if seg_type == "binary":
-        pixels: NDArray[Any] = np.abs(signed_map) >= SEG_THRESHOLD * vmax
+        pixels: NDArray[Any] = binary_region(signed_map, vmax)
         extra: dict[str, Any] = {}
         what = f"|M| >= {SEG_THRESHOLD:g} x the colour limit {vmax:.4g}"
     else:

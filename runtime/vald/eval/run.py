@@ -45,16 +45,16 @@ def _model_view(path: Path, size: int) -> F32:
     return Letterbox.fit(image.shape, size).to_model(image)
 
 
-def _mask_view(case: Case, size: int, index: int) -> NDArray[np.bool_]:
+def _mask_view(case: Case, image_shape: tuple[int, ...], size: int, index: int) -> NDArray[np.bool_]:
     """The case's lesion mask at the model's size; InputError unless it can be scored.
 
     A mask of another size than its image is resampled only when it has the image's aspect ratio (the
     COVID-19 Radiography Database ships 256² masks for 299² images); its region must survive that.
     """
     assert case.mask is not None
-    mask, image = read_image(case.mask), read_image(case.image)
+    mask = read_image(case.mask)
     where = f"case #{index} ({case.label}): its mask"
-    (mh, mw), (ih, iw) = mask.shape, image.shape
+    (mh, mw), (ih, iw) = mask.shape, image_shape[:2]
     if abs(mw / mh - iw / ih) > 0.01 * (iw / ih):
         raise InputError(f"{where} is {mw}x{mh}, its image {iw}x{ih}: not the same aspect ratio")
     region = Letterbox.fit(mask.shape, size).to_model(mask) > 0.5
@@ -64,10 +64,12 @@ def _mask_view(case: Case, size: int, index: int) -> NDArray[np.bool_]:
     return region
 
 
-def _case_metrics(case: Case, x: F32, cf: F32, signed: F32, size: int, index: int = 0) -> dict[str, float]:
+def _case_metrics(
+    case: Case, x: F32, cf: F32, signed: F32, size: int, image_shape: tuple[int, ...], index: int
+) -> dict[str, float]:
     row = {"ssim_input_cf": ssim(x, cf), "ms_ssim_input_cf": ms_ssim(x, cf)}
     twin = _model_view(case.twin, size) if case.twin else None
-    mask = _mask_view(case, size, index) if case.mask else None
+    mask = _mask_view(case, image_shape, size, index) if case.mask else None
     if twin is not None:
         row |= {"ssim_cf_twin": ssim(cf, twin), "ms_ssim_cf_twin": ms_ssim(cf, twin)}
     if mask is not None:
@@ -109,11 +111,12 @@ def evaluate(
     rows: list[dict[str, Any]] = []
     counterfactuals: dict[str, list[F32]] = {}
     for k, case in enumerate(data.abnormal, start=1):
-        x = _model_view(case.image, size)
+        image = read_image(case.image)
+        x = Letterbox.fit(image.shape, size).to_model(image)
         result = attribute(engines, x, cfg)
         cf, signed = result.counterfactual, result.signed_map
         row: dict[str, Any] = {"index": k, "class": case.label, "image_sha256": sha256_file(case.image)[:16]}
-        row |= _case_metrics(case, x, cf, signed, size, k)
+        row |= _case_metrics(case, x, cf, signed, size, image.shape, k)
         if classifier is not None:
             row |= _classifier_metrics(classifier, case.label, x, cf)
         rows.append(row)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from vald.config import RunConfig, read_toml
+from vald.config import RunConfig, check_seg_type, read_toml
 from vald.errors import ConfigError
 
 MB = 1024 * 1024
@@ -169,9 +169,7 @@ class NodeConfig:
         segmentation = data.pop("segmentation", False)
         if not isinstance(segmentation, bool):
             raise ConfigError(f"segmentation={segmentation!r} must be true or false")
-        seg_type = data.pop("seg_type", "binary")
-        if seg_type not in ("binary", "fractional"):
-            raise ConfigError(f"seg_type={seg_type!r} must be 'binary' or 'fractional'")
+        seg_type = check_seg_type(data.pop("seg_type", "binary"))
         run = RunConfig.from_mapping(_table(data.pop("run", {}), "run"))
         listen = _listen(_table(data.pop("listen", {}), "listen"), base)
         destinations = tuple(

@@ -17,7 +17,7 @@ from typing import Any
 
 from vald.errors import ConfigError
 from vald.node.config import NodeConfig
-from vald.node.spool import FAILED, INCOMING, OUTBOX, REASON, Outgoing, Spool, Target
+from vald.node.spool import EVENTS, FAILED, INCOMING, OUTBOX, REASON, Outgoing, Spool, Target
 from vald.outputs import fsync_dir, write_atomic
 
 JOURNAL_TAIL_BYTES = 4 * 1024 * 1024  # --status reads this much of events.jsonl's end
@@ -27,13 +27,14 @@ def status(cfg: NodeConfig) -> dict[str, Any]:
     """The spool's counts and keys, plus each configured destination's state and the cause of its failures."""
     spool = Spool(cfg.spool)
     report = spool.status()
-    report["destinations"] = {d.name: _destination_state(spool, report, d.name) for d in cfg.destinations}
+    events = _journal_tail(spool.root / EVENTS)
+    report["destinations"] = {d.name: _destination_state(events, report, d.name) for d in cfg.destinations}
     return report
 
 
-def _destination_state(spool: Spool, report: dict[str, Any], name: str) -> dict[str, Any]:
+def _destination_state(events: list[dict[str, Any]], report: dict[str, Any], name: str) -> dict[str, Any]:
     last_sent, last_failure = None, None
-    for event in _journal_tail(spool.root / "events.jsonl"):
+    for event in events:
         if event.get("destination") != name:
             continue
         if event.get("event") == "sent":

@@ -190,7 +190,8 @@ class Receiver:
 
     def _on_pdu_sent(self, event: Any) -> None:
         if type(event.pdu).__name__ == "A_ABORT_RQ":
-            self._conn(event).aborted = self._conn(event).aborted or "by this node"
+            conn = self._conn(event)
+            conn.aborted = conn.aborted or "by this node"
 
     def _on_close(self, event: Any) -> None:
         """One line per connection that reached pynetdicom: who, which AE titles, how it ended."""
@@ -208,7 +209,8 @@ class Receiver:
     def _on_pdu(self, event: Any) -> None:
         """Count an arriving data set's bytes; abort the association once they pass the limit."""
         if type(event.pdu).__name__ == "A_ABORT_RQ":
-            self._conn(event).aborted = self._conn(event).aborted or "by the peer"
+            conn = self._conn(event)
+            conn.aborted = conn.aborted or "by the peer"
             return
         items = getattr(event.pdu, "presentation_data_value_items", None)
         if not items:

@@ -285,9 +285,10 @@ def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, str,
     final = folder / key
     members = [final / OPTIMIZED, final / f"{OPTIMIZED}.data"]
     if final.exists():
-        problem = _cache_problem(manifest.root, members)
+        stamps = StampStore(manifest.root)
+        problem = _cache_problem(stamps, members)
         if problem is None:
-            return members[0], _cache_digest(manifest.root, members), None
+            return members[0], _cache_digest(stamps, members), None
         discard_cache(manifest.root, final, rel, problem)
     for stale in folder.glob(f".{key}.*"):  # left by a process killed while writing (GBs each at SD size)
         if not _alive(stale.name.rsplit(".", 1)[-1]):
@@ -298,25 +299,22 @@ def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, str,
     return source, "", (staging / OPTIMIZED, final)
 
 
-def _cache_problem(root: Path, members: list[Path]) -> str | None:
+def _cache_problem(stamps: StampStore, members: list[Path]) -> str | None:
     """Why the cached graph's files cannot be trusted, or None: stamps match and the content hashes agree."""
-    stamps = StampStore(root)
     for member in members:
-        rel = str(member.relative_to(root))
-        recorded = stamps.recorded_sha256(rel)
-        if recorded is None:
+        rel = str(member.relative_to(stamps.root))
+        if stamps.recorded_sha256(rel) is None:
             return f"{member.name} has no stamp (written by another vald version, or cut short)"
         if stamps.trusted_sha256(rel) is None:
             return f"{member.name} was changed after it was written (size, times or inode differ)"
-        if sha256_file(member) != recorded:
+        if not stamps.content_matches(rel):
             return f"{member.name} no longer has the sha256 recorded when it was written"
     return None
 
 
-def _cache_digest(root: Path, members: list[Path]) -> str:
+def _cache_digest(stamps: StampStore, members: list[Path]) -> str:
     """One sha256 over the cached graph's recorded file hashes (what result.json records)."""
-    stamps = StampStore(root)
-    recorded = [stamps.recorded_sha256(str(m.relative_to(root))) or "" for m in members]
+    recorded = [stamps.recorded_sha256(str(m.relative_to(stamps.root))) or "" for m in members]
     return hashlib.sha256("".join(recorded).encode()).hexdigest()
 
 
