@@ -37,7 +37,7 @@ $(NODE_VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: $(RUN_SETUP)
-	$(RUN_VENV)/bin/vald run engines/demo/samples/consolidation.png engines/demo/samples/*.dcm --segmentation \
+	$(RUN_VENV)/bin/vald run engines/demo/samples/consolidation.png engines/demo/samples/*.dcm \
 		--engines engines/demo --out $(DEMO_OUT)
 	$(RUN_VENV)/bin/vald induce engines/demo/samples/normal.png --mask engines/demo/samples/induce_mask_left_lower_zone.png \
 		--prompt "left lower zone consolidation" --engines engines/demo --out $(DEMO_OUT)/induce

@@ -51,7 +51,7 @@ def _sources(tmp_path: Path) -> list[Path]:
 def test_every_derived_object_has_no_validator_error(engines: Path, tmp_path: Path) -> None:
     sources = _sources(tmp_path)
     out = tmp_path / "out"
-    assert main(["run", *map(str, sources), "--engines", str(engines), "--out", str(out), *FAST, "--segmentation"]) == 0
+    assert main(["run", *map(str, sources), "--engines", str(engines), "--out", str(out), *FAST]) == 0
     mask = tmp_path / "mask.png"
     from PIL import Image
 
@@ -60,9 +60,10 @@ def test_every_derived_object_has_no_validator_error(engines: Path, tmp_path: Pa
     area[rows // 3 : 2 * rows // 3, cols // 4 : cols // 2] = 255
     Image.fromarray(area).save(mask)
     induce = ["induce", str(sources[1]), "--mask", str(mask), "--prompt", "left lower zone consolidation"]
-    assert main([*induce, "--engines", str(engines), "--out", str(out / "induce"), *FAST, "--segmentation"]) == 0
+    assert main([*induce, "--engines", str(engines), "--out", str(out / "induce"), *FAST]) == 0
     written = sorted(out.rglob("*.dcm"))
-    assert len(written) == 4 * 3 + 4  # overlay, counterfactual, SEG and SR per input, and the induction's four
+    assert len(written) == 5 * 3 + 5  # overlay, counterfactual, PMAP, SEG and SR by default; the induction's five
+    assert sum(p.name == "parametric-map.dcm" for p in written) == 4
     report = {str(p.relative_to(out)): _errors(p) for p in written}
     assert {k: v for k, v in report.items() if v} == {}
 

@@ -35,7 +35,7 @@ def _run(engines: Path, inputs: list[Path], out: Path, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def outputs(engines: Path, source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("out")
-    assert _run(engines, [source], out, "--segmentation") == 0
+    assert _run(engines, [source], out) == 0  # PMAP, SEG and SR are written by default
     src = pydicom.dcmread(source)
     folder = out / hashlib.sha256(src.SOPInstanceUID.encode()).hexdigest()[:16]
     assert folder.is_dir()
@@ -283,3 +283,53 @@ def test_other_modalities_only_when_asked(engines: Path, tmp_path: Path, capsys)
     timings = result["timings_s"]
     assert result["input"]["dicom"]["modality"] == "CT" and timings["dicom_outputs"] > 0
     assert timings["total"] >= timings["dicom_outputs"] + timings["unet"]  # the total counts the DICOM objects
+
+
+def test_parametric_map_holds_the_signed_map_on_the_source_matrix(outputs: Path, source: Path) -> None:
+    src = pydicom.dcmread(source)
+    pm = pydicom.dcmread(outputs / "parametric-map.dcm")
+    assert pm.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map Storage
+    assert pm.StudyInstanceUID == src.StudyInstanceUID and pm.SeriesInstanceUID != src.SeriesInstanceUID
+    assert pm.SeriesDescription.startswith("Not for diagnostic use") and pm.SeriesNumber == 9105
+    assert pm.ReferencedImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert "not for diagnostic use" in pm.ImageComments.lower()
+    # float pixels, exactly the map vald wrote as attribution.npy, with an identity real-world value mapping
+    assert "FloatPixelData" in pm and pm.PixelPresentation == "MONOCHROME"
+    np.testing.assert_array_equal(pm.pixel_array, np.load(outputs / "attribution.npy"))
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    rwvm = shared.RealWorldValueMappingSequence[0]
+    assert (float(rwvm.RealWorldValueSlope), float(rwvm.RealWorldValueIntercept)) == (1.0, 0.0)
+    assert rwvm.LUTLabel == "M"
+    # grey display saturates where the overlay's colours do: a window of twice the recorded colour limit
+    limit = json.loads((outputs / "result.json").read_text())["display"]["colour_limit"]
+    voi = shared.FrameVOILUTSequence[0]
+    assert float(voi.WindowCenter) == 0.0 and float(voi.WindowWidth) == pytest.approx(2 * limit)
+    assert voi.VOILUTFunction == "LINEAR_EXACT"
+    # a CR/DX has no frame of reference: the map declares one of the source's pixel grid, spacing from the source
+    assert "FrameOfReferenceUID" not in src and pm.FrameOfReferenceUID.startswith("2.25.")
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == [
+        float(v) for v in src.ImagerPixelSpacing
+    ]
+    assert "pixel grid" in pm.DerivationDescription
+    # the SR names the map as its region's illustration and lists it as evidence
+    sr = pydicom.dcmread(outputs / "report.dcm")
+    refs = [
+        ref.ReferencedSOPInstanceUID
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for ref in series.ReferencedSOPSequence
+    ]
+    assert pm.SOPInstanceUID in refs
+    assert pm.SOPInstanceUID in str(sr.ContentSequence)
+
+
+def test_each_dicom_output_can_be_turned_off(engines: Path, source: Path, tmp_path: Path) -> None:
+    assert _run(engines, [source], tmp_path, "--no-pmap", "--no-sr") == 0
+    names = {p.name for p in tmp_path.rglob("*.dcm")}
+    assert names == {"overlay.dcm", "counterfactual.dcm", "segmentation.dcm"}
+    assert _run(engines, [source], tmp_path / "b", "--no-segmentation") == 0
+    assert {p.name for p in (tmp_path / "b").rglob("*.dcm")} == {
+        "overlay.dcm",
+        "counterfactual.dcm",
+        "parametric-map.dcm",
+    }

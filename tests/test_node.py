@@ -39,6 +39,7 @@ SAMPLES = REPO / "engines" / "demo" / "samples"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SC_CLASSES = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4"}  # SC, multi-frame true colour / grey
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR (TID 1500)
+PMAP_CLASS = "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def _events(folder: Path) -> list[dict]:
 
 
 def _check_in_source_studies(orthanc: Orthanc, sources: list[Path], per_source: int) -> None:
-    """Every derived object arrived once, in its source's study, as SC or SEG; nothing else arrived."""
+    """Every derived object arrived once, in its source's study, as SC, PMAP, SEG or SR; nothing else arrived."""
     stored = orthanc.instances()
     studies = {str(pydicom.dcmread(p, stop_before_pixels=True).StudyInstanceUID) for p in sources}
     assert len(stored) == per_source * len(sources), stored
@@ -63,8 +64,8 @@ def _check_in_source_studies(orthanc: Orthanc, sources: list[Path], per_source: 
     for study in studies:
         classes = sorted(s["SOPClassUID"] for s in stored if s["StudyInstanceUID"] == study)
         assert len(classes) == per_source
-        assert classes.count(SEG_CLASS) == 1 and classes.count(SR_CLASS) == 1
-        assert all(c in SC_CLASSES or c in (SEG_CLASS, SR_CLASS) for c in classes)
+        assert classes.count(SEG_CLASS) == 1 and classes.count(SR_CLASS) == 1 and classes.count(PMAP_CLASS) == 1
+        assert all(c in SC_CLASSES or c in (SEG_CLASS, SR_CLASS, PMAP_CLASS) for c in classes)
 
 
 @needs_orthanc
@@ -90,7 +91,7 @@ def test_node_receives_processes_and_delivers_to_orthanc_by_c_store_and_stow(net
         status = node.status()
         assert status["counts"] == {"queued": 0, "sending": 0, "done": 3, "failed": 0}
         for orthanc in (dimse, web):
-            _check_in_source_studies(orthanc, sources, per_source=4)  # overlay SC, counterfactual SC, SEG, SR
+            _check_in_source_studies(orthanc, sources, per_source=5)  # overlay SC, counterfactual SC, PMAP, SEG, SR
         # the results on disk are those of `vald run`: one output set per instance, listed in the node's journal
         events = _events(tmp_path)
         assert sorted(e["event"] for e in events if e["event"] == "sent") == ["sent"] * 6
@@ -101,6 +102,7 @@ def test_node_receives_processes_and_delivers_to_orthanc_by_c_store_and_stow(net
                 "counterfactual.dcm",
                 "segmentation.dcm",
                 "report.dcm",
+                "parametric-map.dcm",
             }
         log = node.log()
         for path in sources:  # no patient data in the node's log (pynetdicom's own logging is silenced)
@@ -133,7 +135,7 @@ def test_node_killed_mid_processing_and_restarted_does_every_instance_exactly_on
         node.start()
         wait_for(lambda: node.status()["counts"]["done"] == 4, 240, "4 instances done after the restart")
         assert node.status()["counts"] == {"queued": 0, "sending": 0, "done": 4, "failed": 0}
-        _check_in_source_studies(pacs, sources, per_source=4)
+        _check_in_source_studies(pacs, sources, per_source=5)
         events = _events(tmp_path)
         keys = {e["key"] for e in events if e["event"] == "received"}
         assert len(keys) == 4
@@ -185,6 +187,7 @@ def test_node_rejects_strangers_and_other_sop_classes_and_dead_letters_what_cann
         assert sorted(p.name for p in kept.iterdir()) == [
             "counterfactual.dcm",
             "overlay.dcm",
+            "parametric-map.dcm",
             "reason.json",
             "report.dcm",
             "segmentation.dcm",
@@ -242,7 +245,7 @@ def test_a_refused_destination_is_named_in_status_and_its_dead_letter_is_requeue
         wait_for(lambda: node.status()["counts"]["done"] == 1, 120, "the requeued result to be delivered")
         status = node.status()
         assert status["counts"]["failed"] == 0 and status["destinations"]["pacs"]["state"] == "ok"
-        assert len(list(received.iterdir())) == 4  # counterfactual SC, overlay SC, SEG, SR: once each
+        assert len(list(received.iterdir())) == 5  # counterfactual SC, overlay SC, PMAP, SEG, SR: once each
         assert [e["event"] for e in _events(tmp_path) if e["key"] == key][-3:] == ["requeued", "sent", "done"]
     finally:
         if storescp is not None:

@@ -138,6 +138,7 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         ('out = "o"\nspool = "s"\n[listen]\nallowed_calling_ae_titles = ["PACS"]\nport = 70000\n', "TCP port"),
         ('out = "o"\nspool = "s"\n[listen]\nallowed_calling_ae_titles = ["PACS"]\n[run]\nstrength = 2\n', "strength"),
         ('out = "o"\nspool = "s"\nlisten = 3\n', "[listen] must be a table"),
+        ('out = "o"\nspool = "s"\nparametric_map = 1\n', "parametric_map=1 must be true or false"),
         (
             'out = "o"\nspool = "s"\n[listen]\nallowed_calling_ae_titles = ["PACS"]\nallowed_addresses = ["pacs"]\n',
             "not an IP address",
@@ -158,6 +159,7 @@ def test_node_config_resolves_paths_beside_the_file(tmp_path: Path) -> None:
     cfg = NodeConfig.load(path)
     assert cfg.out == tmp_path / "o" and cfg.spool == tmp_path / "s" and cfg.engines == tmp_path / "engines/demo"
     assert cfg.listen.allowed_calling_ae_titles == ("PACS",) and cfg.destinations == ()
+    assert cfg.segmentation and cfg.parametric_map and cfg.report  # every derived object by default
 
 
 def test_associations_past_the_maximum_are_rejected_as_a_local_limit(tmp_path: Path) -> None:

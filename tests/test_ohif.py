@@ -17,6 +17,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,7 +63,7 @@ def study(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     source = SAMPLES / "consolidation.dcm"
     out = work / "out"
     argv = [str(VALD), "run", str(source), "--engines", str(REPO / "engines" / "demo"), "--out", str(out)]
-    subprocess.run([*argv, "--segmentation", "--seg-type", request.param, "--quiet"], check=True, timeout=300)
+    subprocess.run([*argv, "--seg-type", request.param, "--quiet"], check=True, timeout=300)
     orthanc = Orthanc(_HostLoopback(), work / "orthanc", aet="ORTHANC", known={})
     try:
         for path in [source, *sorted(out.glob("*/*.dcm"))]:
@@ -88,8 +89,11 @@ IMAGE_ON_SCREEN = """(() => {
 })()"""
 
 
-def _red_inside_and_far(shot: np.ndarray, mask: np.ndarray, box: list[float]) -> tuple[float, float]:
-    """Fractions of red-tinted screen pixels inside the lesion and far (> 1/8 of the image) outside it.
+def _coloured_inside_and_far(
+    shot: np.ndarray, mask: np.ndarray, box: list[float], *, red: bool = True
+) -> tuple[float, float]:
+    """Fractions of red-tinted (``red``) or any-colour screen pixels inside the lesion and far (> 1/8 of the
+    image) outside it.
 
     "Far" leaves out the overlay's burned-in colour bar (right quarter) and caution band (bottom tenth).
     """
@@ -101,9 +105,16 @@ def _red_inside_and_far(shot: np.ndarray, mask: np.ndarray, box: list[float]) ->
     sx = np.clip((x0 + (xs + 0.5) * (x1 - x0) / n).astype(int), 0, shot.shape[1] - 1)
     sy = np.clip((y0 + (ys + 0.5) * (y1 - y0) / n).astype(int), 0, shot.shape[0] - 1)
     rgb = shot[sy, sx].astype(int)
-    red = (rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2])) > 40
+    if red:
+        tinted = (rgb[..., 0] - np.maximum(rgb[..., 1], rgb[..., 2])) > 40
+    else:  # OHIF colours a Parametric Map with its own colour map: any clearly non-grey pixel
+        tinted = (rgb.max(axis=-1) - rgb.min(axis=-1)) > 40
     far = (distance_transform_edt(~mask) > n / 8) & (xs < 0.75 * n) & (ys < 0.9 * n)
-    return float(red[mask].mean()), float(red[far].mean())
+    return float(tinted[mask].mean()), float(tinted[far].mean())
+
+
+def _shot(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 def _viewer_error(page, path: Path) -> str:
@@ -150,16 +161,24 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
             "console", lambda m: problems.append(f"console {m.type}: {m.text[:300]}") if m.type == "error" else None
         )
         page.on("pageerror", lambda e: problems.append(f"page error: {str(e)[:300]}"))
-        page.goto(f"{viewer.url}/viewer?StudyInstanceUIDs={study_uid}", wait_until="networkidle", timeout=180_000)
-        page.wait_for_selector('[data-cy^="study-browser-thumbnail"]', timeout=120_000)
-        page.add_style_tag(content=HIDE_TOUR)
-        time.sleep(3)
-        thumbs = page.locator('[data-cy^="study-browser-thumbnail"]')
+
+        def open_study() -> Any:
+            page.goto(f"{viewer.url}/viewer?StudyInstanceUIDs={study_uid}", wait_until="networkidle", timeout=180_000)
+            page.wait_for_selector('[data-cy^="study-browser-thumbnail"]', timeout=120_000)
+            page.add_style_tag(content=HIDE_TOUR)
+            time.sleep(3)
+            return page.locator('[data-cy^="study-browser-thumbnail"]')
+
+        thumbs = open_study()
         labels = [thumbs.nth(i).inner_text().replace("\n", " ") for i in range(thumbs.count())]
-        assert len(labels) == 5 and sum("Not for diagnostic use" in t for t in labels) == 4, labels
+        assert len(labels) == 6 and sum("Not for diagnostic use" in t for t in labels) == 5, labels
+        previous = ""
         for i, label in enumerate(labels):
             kind = "seg" if label.startswith("SEG") else "sr" if label.startswith("SR") else "other"
-            kind = "overlay" if "overlay" in label else kind
+            kind = "overlay" if "overlay" in label else "pmap" if "(PMAP)" in label else kind
+            if previous in ("pmap", "sr"):  # OHIF 3.13.2 keeps a fused map's colours for the next object (a SEG
+                thumbs = open_study()  # opened after the PMAP lay over a colour-mapped image): open the study anew
+            previous = kind
             thumbs.nth(i).dblclick()
             page.wait_for_load_state("networkidle")
             time.sleep(4)
@@ -169,6 +188,11 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
                 time.sleep(4)
             path = ARTEFACTS / f"ohif-{OHIF_VERSION}-{seg_type}-{i}-{kind}.png"
             page.screenshot(path=str(path))
+            for _ in range(4 if kind == "pmap" else 0):  # a fused map appears a few seconds after the source
+                if _coloured_inside_and_far(_shot(path), mask, page.evaluate(IMAGE_ON_SCREEN), red=False)[0] > 0:
+                    break
+                time.sleep(3)
+                page.screenshot(path=str(path))
             error = _viewer_error(page, path)
             if kind == "sr":
                 # the expected, named limitation: OHIF 3.13.2's SR viewport reads measurements only from SCOORD
@@ -178,20 +202,26 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
                 assert error, "OHIF showed the SR: update the docs and this test"
             elif error:
                 problems.append(f"{kind}: the viewer shows an error: {error}")
-            if kind in ("seg", "overlay"):
-                shot = np.asarray(Image.open(path).convert("RGB"))
-                seen[kind] = _red_inside_and_far(shot, mask, page.evaluate(IMAGE_ON_SCREEN))
+            if kind in ("seg", "overlay", "pmap"):
+                box = page.evaluate(IMAGE_ON_SCREEN)
+                seen[kind] = _coloured_inside_and_far(_shot(path), mask, box, red=kind != "pmap")
         browser.close()
     measured = {k: {"inside": v[0], "far": v[1]} for k, v in seen.items()}
+    if seen["pmap"][0] == 0:
+        # the expected, named limitation: OHIF 3.13.2 fuses the PMAP over a DX/CR source (which has no frame of
+        # reference) only sometimes: 2 of 7 tries on this machine (both while the machine was busy); otherwise it
+        # shows the source alone, with no error.  When it does fuse it, the map must lie on the lesion.
+        limitations["pmap"] = "OHIF showed the source without the fused Parametric Map"
     report = {"problems": problems, "expected_limitations": limitations, **measured}
     (ARTEFACTS / f"measured-{seg_type}.json").write_text(json.dumps(report, indent=1))
     if seg_type == "fractional":
         # the expected, named limitation: OHIF 3.13.2 does not display FRACTIONAL segmentations (its issue #1346)
         assert problems and all("Fractional segmentations are not yet supported" in p for p in problems), problems
-        inside, far = seen["overlay"]
-        assert inside > 0.3 and far < 0.01, ("overlay", inside, far)
-        return
-    assert not problems, problems
-    for kind in ("overlay", "seg"):
+        shown = ["overlay", *(["pmap"] if "pmap" not in limitations else [])]
+    else:
+        assert not problems, problems
+        shown = ["overlay", "seg", *(["pmap"] if "pmap" not in limitations else [])]
+    for kind in shown:
         inside, far = seen[kind]
         assert inside > 0.3 and far < 0.01, (kind, inside, far)
+    assert seen["pmap"][1] < 0.01, ("pmap", seen["pmap"])  # nothing coloured far from the lesion either way

@@ -52,11 +52,11 @@ def test_a_later_run_removes_files_that_are_not_in_its_set(engines: Path, tmp_pa
     source = save(dataset(ramp(rows=90, cols=80, bits=12), uid_seed=3), tmp_path / "in.dcm")
     out = tmp_path / "out"
     args = ["run", str(source), "--engines", str(engines), "--out", str(out), *FAST]
-    assert main([*args, "--segmentation", "--strength", "0.4", "--guidance-min-t", "0"]) == 0
+    assert main([*args, "--strength", "0.4", "--guidance-min-t", "0"]) == 0
     folder = _folder(out)
     assert (folder / "segmentation.dcm").is_file()
     assert_described(folder)
-    assert main(args) == 0  # default strength, no segmentation: the old SEG must not stay beside the new outputs
+    assert main([*args, "--no-segmentation"]) == 0  # no SEG now: the old SEG must not stay beside the new outputs
     assert not (folder / "segmentation.dcm").exists()
     assert_described(folder)
     assert main([*args, "--no-dicom-out"]) == 0

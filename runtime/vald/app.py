@@ -219,6 +219,7 @@ def _dicom_extra(
         segmentation=options.segmentation,
         seg_type=options.seg_type,
         algorithm=_algorithm(result, provenance) if options.report else None,
+        parametric_map=options.parametric_map,
     )
     result["dicom_outputs"] = uids
     if options.segmentation:

@@ -83,8 +83,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress output (failures are still reported)")
     p.add_argument("--any-modality", action="store_true", help="accept DICOM modalities other than CR and DX")
     p.add_argument("--no-dicom-out", action="store_true", help="no derived DICOM objects for DICOM inputs")
-    p.add_argument("--segmentation", action="store_true", help="also a DICOM Segmentation of the map's region")
+    p.add_argument("--segmentation", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1: kept
+    p.add_argument(
+        "--no-segmentation", action="store_true", help="no DICOM Segmentation of the map's region (and so no SR)"
+    )
     p.add_argument("--no-sr", action="store_true", help="no Structured Report (TID 1500) beside the Segmentation")
+    p.add_argument("--no-pmap", action="store_true", help="no DICOM Parametric Map of the signed map M")
     p.add_argument(
         "--seg-type",
         choices=SEG_TYPES,
@@ -272,7 +276,11 @@ def _progress(quiet: bool, prefix: str = "") -> Callable[[int, int], None] | Non
 
 def _options(args: argparse.Namespace) -> OutputOptions:
     return OutputOptions(
-        dicom=not args.no_dicom_out, segmentation=args.segmentation, seg_type=args.seg_type, report=not args.no_sr
+        dicom=not args.no_dicom_out,
+        segmentation=not args.no_segmentation,
+        seg_type=args.seg_type,
+        report=not args.no_sr,
+        parametric_map=not args.no_pmap,
     )
 
 

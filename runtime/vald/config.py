@@ -294,10 +294,11 @@ SEG_TYPES = ("binary", "fractional")  # of the derived Segmentation (see vald.di
 class OutputOptions:
     """Which outputs to write besides the PNG/NPY/JSON set."""
 
-    dicom: bool = True  # derived DICOM objects when the input is DICOM
-    segmentation: bool = False  # also the Segmentation of the map
+    dicom: bool = True  # derived DICOM objects when the input is DICOM (overlay and counterfactual SCs)
+    segmentation: bool = True  # also the Segmentation of the map's region
     seg_type: str = "binary"  # "binary" (|M| >= half the colour limit; OHIF shows it) or "fractional"
     report: bool = True  # with the Segmentation, a TID 1500 Structured Report that refers to it
+    parametric_map: bool = True  # also the Parametric Map of the signed map M
 
     def __post_init__(self) -> None:
         check_seg_type(self.seg_type)

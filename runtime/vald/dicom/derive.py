@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from vald.dicom.pmap import attribution_pmap
 from vald.dicom.reader import quiet_dicom
 from vald.dicom.report import Algorithm, attribution_sr
 from vald.dicom.writer import Provenance, attribution_seg, binary_region, grey_sc, overlay_sc, to_bytes
@@ -19,6 +20,7 @@ GENERATED_DCM = "counterfactual.dcm"
 INDUCED_DCM = "induced.dcm"
 SEGMENTATION_DCM = "segmentation.dcm"
 REPORT_DCM = "report.dcm"
+PMAP_DCM = "parametric-map.dcm"
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -33,11 +35,13 @@ def derived_files(
     segmentation: bool,
     seg_type: str = "binary",
     algorithm: Algorithm | None = None,
+    parametric_map: bool = False,
 ) -> tuple[dict[str, bytes], dict[str, dict[str, str]]]:
-    """Overlay SC, generated-image SC and (optionally) the map's Segmentation, at the source's native matrix.
+    """Overlay SC, generated-image SC and (optionally) the map's Parametric Map and Segmentation, at native size.
 
     ``vmax`` is the input's colour limit: the overlay's colours and the SEG's fraction saturate there.
-    With the Segmentation and an ``algorithm``, a TID 1500 Structured Report that refers to the SEG's region.
+    With the Segmentation and an ``algorithm``, a TID 1500 Structured Report that refers to the SEG's region
+    (and to the Parametric Map when there is one).
 
     A source header that cannot carry derived objects (missing or damaged UIDs) is an InputError naming
     the problem, not the value.
@@ -52,11 +56,14 @@ def derived_files(
         with quiet_dicom():
             objects = {OVERLAY_DCM: overlay_sc(header, figure, prov)}
             objects[INDUCED_DCM if prov.task == "induction" else GENERATED_DCM] = grey_sc(header, grey16, prov)
+            pmap = attribution_pmap(header, signed_map, vmax, prov) if parametric_map else None
+            if pmap is not None:
+                objects[PMAP_DCM] = pmap
             if segmentation:
                 seg = objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov, seg_type)
                 if algorithm is not None:
                     region = binary_region(signed_map, vmax)
-                    objects[REPORT_DCM] = attribution_sr(header, seg, region, algorithm, prov)
+                    objects[REPORT_DCM] = attribution_sr(header, seg, region, algorithm, prov, pmap)
             files = {name: to_bytes(ds) for name, ds in objects.items()}
         uids = {
             name: {"series_instance_uid": str(ds.SeriesInstanceUID), "sop_instance_uid": str(ds.SOPInstanceUID)}

@@ -4,8 +4,9 @@ One Comprehensive 3D SR per input (highdicom's SR classes): the observer is the 
 measurement group (TID 1410) refers to segment 1 of the result's Segmentation on the source image, with
 the algorithm's identification (TID 4019: name "vald", version, and as parameters the engine set's and the
 settings' sha256, the seed, the backend and the precision actually used), the region's area (when the
-source has a pixel spacing), and a "not for diagnostic use" comment.  Everything else about the result stays in the
-SEG, the Secondary Captures and result.json.
+source has a pixel spacing), the result's Parametric Map (when written) as the group's "Illustration of ROI"
+(DCM 121200: the signed map the region was drawn from), and a "not for diagnostic use" comment.  Everything
+else about the result stays in the SEG, the Secondary Captures and result.json.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ class Algorithm:
         ]
 
 
-def attribution_sr(header: Any, seg: Any, region: NDArray[np.bool_], algorithm: Algorithm, prov: Provenance) -> Any:
-    """TID 1500 report for ``seg`` (the result's Segmentation, segment 1 = ``region`` on the source's matrix)."""
+def attribution_sr(
+    header: Any, seg: Any, region: NDArray[np.bool_], algorithm: Algorithm, prov: Provenance, pmap: Any = None
+) -> Any:
+    """TID 1500 report for ``seg`` (the result's Segmentation, segment 1 = ``region`` on the source's matrix).
+
+    ``pmap``: the result's Parametric Map, referred to from the group and listed as evidence, or None.
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -85,6 +91,8 @@ def attribution_sr(header: Any, seg: Any, region: NDArray[np.bool_], algorithm: 
         ),
         measurements=_measurements(header, region),
     )
+    if pmap is not None:
+        _illustration(group, pmap)
     _comment(group, f"{NOT_FOR_DIAGNOSIS}: research output of vald {algorithm.version}")
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
@@ -93,7 +101,7 @@ def attribution_sr(header: Any, seg: Any, region: NDArray[np.bool_], algorithm: 
         title=codes.cid7021.ImagingMeasurementReport,
     )
     ds = hd.sr.Comprehensive3DSR(
-        evidence=[_source_copy(header), seg],
+        evidence=[_source_copy(header), seg, *([pmap] if pmap is not None else [])],
         content=report[0],
         series_instance_uid=series_uid,
         series_number=SERIES[kind][0],
@@ -130,6 +138,20 @@ def _measurements(header: Any, region: NDArray[np.bool_]) -> list[Any]:
     dy, dx = (float(v) for v in measures[0].PixelSpacing)
     area = float(region.sum()) * dy * dx
     return [hd.sr.Measurement(name=codes.SCT.Area, value=area, unit=codes.UCUM.SquareMillimeter)]
+
+
+def _illustration(group: Any, pmap: Any) -> None:
+    """The Parametric Map as the group's Illustration of ROI (an IMAGE item, frame 1 of the map)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    item = hd.sr.ImageContentItem(
+        name=codes.DCM.IllustrationOfROI,
+        referenced_sop_class_uid=str(pmap.SOPClassUID),
+        referenced_sop_instance_uid=str(pmap.SOPInstanceUID),
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    group[0].ContentSequence.append(item)
 
 
 def _comment(group: Any, text: str) -> None:

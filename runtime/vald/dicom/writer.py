@@ -35,10 +35,12 @@ SERIES: dict[str, tuple[int, str]] = {
     "counterfactual": (9102, "vald normal counterfactual"),
     "segmentation": (9103, "vald attribution region (SEG)"),
     "report": (9104, "vald attribution report (SR)"),
+    "parametric-map": (9105, "vald signed attribution map (PMAP)"),
     "induced-overlay": (9111, "vald induced change overlay"),
     "induced": (9112, "vald induced finding (synthetic)"),
     "induced-segmentation": (9113, "vald induced change (SEG)"),
     "induced-report": (9114, "vald induced change report (SR)"),
+    "induced-parametric-map": (9115, "vald signed induced change map (PMAP)"),
 }
 NOT_FOR_DIAGNOSIS = "Not for diagnostic use"
 SEG_THRESHOLD = 0.5  # BINARY SEG: |M| >= this fraction of the colour limit (the overlay's saturation value)

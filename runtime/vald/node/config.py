@@ -3,8 +3,10 @@
 engines = "/opt/vald/engines/demo"    # engine folder (relative paths are relative to the TOML file)
 out = "/var/lib/vald/out"             # results, laid out as `vald run --out`
 spool = "/var/lib/vald/spool"         # received instances and delivery state
-segmentation = true                   # also send the Segmentation of the map's region
+segmentation = true                   # the Segmentation of the map's region (default true)
 seg_type = "binary"                   # or "fractional" (for Weasis / 3D Slicer sites)
+parametric_map = true                 # the Parametric Map of the signed map (default true)
+report = true                         # the TID 1500 SR beside the Segmentation (default true)
 
 [listen]
 ae_title = "VALD"
@@ -147,8 +149,10 @@ class NodeConfig:
     out: Path
     spool: Path
     run: RunConfig = field(default_factory=RunConfig)
-    segmentation: bool = False
+    segmentation: bool = True
     seg_type: str = "binary"
+    parametric_map: bool = True
+    report: bool = True
     listen: Listen = field(default_factory=Listen)
     destinations: tuple[Destination, ...] = ()
     delivery: Delivery = field(default_factory=Delivery)
@@ -162,13 +166,16 @@ class NodeConfig:
     def from_mapping(cls, data: dict[str, Any], base: Path) -> NodeConfig:
         """Build from parsed TOML; relative paths are taken from ``base``."""
         data = dict(data)
-        known = ["engines", "out", "spool", "segmentation", "seg_type", "listen", "run", "destination", "delivery"]
+        known = [
+            "engines", "out", "spool", "segmentation", "seg_type", "parametric_map", "report",
+            "listen", "run", "destination", "delivery",
+        ]  # fmt: skip
         engines = _path(data.pop("engines", "engines/demo"), "engines", base)
         out = _path(data.pop("out", None), "out", base)
         spool = _path(data.pop("spool", None), "spool", base)
-        segmentation = data.pop("segmentation", False)
-        if not isinstance(segmentation, bool):
-            raise ConfigError(f"segmentation={segmentation!r} must be true or false")
+        segmentation, parametric_map, report = (
+            _flag(data, name) for name in ("segmentation", "parametric_map", "report")
+        )
         seg_type = check_seg_type(data.pop("seg_type", "binary"))
         run = RunConfig.from_mapping(_table(data.pop("run", {}), "run"))
         listen = _listen(_table(data.pop("listen", {}), "listen"), base)
@@ -188,10 +195,20 @@ class NodeConfig:
             run=run,
             segmentation=segmentation,
             seg_type=seg_type,
+            parametric_map=parametric_map,
+            report=report,
             listen=listen,
             destinations=destinations,
             delivery=delivery,
         )
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    """A true/false output switch, true when absent (the derived objects are written by default)."""
+    value = data.pop(name, True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be true or false")
+    return value
 
 
 def _table(value: object, name: str) -> dict[str, Any]:

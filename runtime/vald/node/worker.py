@@ -46,7 +46,13 @@ class Job:
     @classmethod
     def open(cls, cfg: NodeConfig) -> Job:
         """Open the engine folder (a broken one stops the node at start, not at the first study)."""
-        options = OutputOptions(dicom=True, segmentation=cfg.segmentation, seg_type=cfg.seg_type)
+        options = OutputOptions(
+            dicom=True,
+            segmentation=cfg.segmentation,
+            seg_type=cfg.seg_type,
+            report=cfg.report,
+            parametric_map=cfg.parametric_map,
+        )
         engines, provenance = open_engines(cfg.engines, cfg.run)
         sha = settings_sha256(cfg.run, provenance, "attribution", options)
         return cls(cfg.out, cfg.run, options, engines, provenance, sha)
