@@ -62,7 +62,7 @@ def test_every_derived_object_has_no_validator_error(engines: Path, tmp_path: Pa
     induce = ["induce", str(sources[1]), "--mask", str(mask), "--prompt", "left lower zone consolidation"]
     assert main([*induce, "--engines", str(engines), "--out", str(out / "induce"), *FAST]) == 0
     written = sorted(out.rglob("*.dcm"))
-    assert len(written) == 5 * 3 + 5  # overlay, counterfactual, PMAP, SEG and SR by default; the induction's five
+    assert len(written) == 6 * 3 + 6  # overlay, counterfactual, PMAP, its colours, SEG, SR; the induction's six
     assert sum(p.name == "parametric-map.dcm" for p in written) == 4
     report = {str(p.relative_to(out)): _errors(p) for p in written}
     assert {k: v for k, v in report.items() if v} == {}

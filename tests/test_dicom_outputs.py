@@ -332,4 +332,28 @@ def test_each_dicom_output_can_be_turned_off(engines: Path, source: Path, tmp_pa
         "overlay.dcm",
         "counterfactual.dcm",
         "parametric-map.dcm",
+        "parametric-map-colours.dcm",
     }
+
+
+def test_the_map_colours_presentation_state_shows_red_for_positive_and_blue_for_negative_m(
+    outputs: Path,
+) -> None:
+    pr = pydicom.dcmread(outputs / "parametric-map-colours.dcm")
+    pm = pydicom.dcmread(outputs / "parametric-map.dcm")
+    assert pr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.3"  # Pseudo-Color Softcopy Presentation State
+    assert pr.StudyInstanceUID == pm.StudyInstanceUID and pr.SeriesDescription.startswith("Not for diagnostic use")
+    ref = pr.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == pm.SeriesInstanceUID
+    assert ref.ReferencedImageSequence[0].ReferencedSOPInstanceUID == pm.SOPInstanceUID
+    # the pipeline a viewer applies: LINEAR_EXACT window -> palette index -> RGB (PS3.3 C.11.2.1.3.2, C.7.9)
+    voi = pr.SoftcopyVOILUTSequence[0]
+    limit = json.loads((outputs / "result.json").read_text())["display"]["colour_limit"]
+    assert float(voi.WindowCenter) == 0.0 and float(voi.WindowWidth) == pytest.approx(2 * limit)
+    entries = int(pr.RedPaletteColorLookupTableDescriptor[0])
+    lut = {c: np.frombuffer(pr[f"{c}PaletteColorLookupTableData"].value, "<u2") for c in ("Red", "Green", "Blue")}
+    m = np.array([-2 * limit, -limit, 0.0, limit, 2 * limit])
+    index = np.clip(np.rint((m / (2 * limit) + 0.5) * (entries - 1)), 0, entries - 1).astype(int)
+    red, green, blue = (lut[c][index].astype(int) for c in ("Red", "Green", "Blue"))
+    assert all(blue[:2] > 3 * red[:2]) and all(red[3:] > 3 * blue[3:])  # blue below 0, red above
+    assert min(red[2], green[2], blue[2]) > 60000  # white at M = 0

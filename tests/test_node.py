@@ -40,6 +40,7 @@ SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SC_CLASSES = {"1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.4"}  # SC, multi-frame true colour / grey
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR (TID 1500)
 PMAP_CLASS = "1.2.840.10008.5.1.4.1.1.30"  # Parametric Map
+PR_CLASS = "1.2.840.10008.5.1.4.1.1.11.3"  # Pseudo-Color Softcopy Presentation State (the map's colours)
 
 
 @pytest.fixture
@@ -64,8 +65,8 @@ def _check_in_source_studies(orthanc: Orthanc, sources: list[Path], per_source: 
     for study in studies:
         classes = sorted(s["SOPClassUID"] for s in stored if s["StudyInstanceUID"] == study)
         assert len(classes) == per_source
-        assert classes.count(SEG_CLASS) == 1 and classes.count(SR_CLASS) == 1 and classes.count(PMAP_CLASS) == 1
-        assert all(c in SC_CLASSES or c in (SEG_CLASS, SR_CLASS, PMAP_CLASS) for c in classes)
+        assert all(classes.count(c) == 1 for c in (SEG_CLASS, SR_CLASS, PMAP_CLASS, PR_CLASS))
+        assert all(c in SC_CLASSES or c in (SEG_CLASS, SR_CLASS, PMAP_CLASS, PR_CLASS) for c in classes)
 
 
 @needs_orthanc
@@ -91,7 +92,7 @@ def test_node_receives_processes_and_delivers_to_orthanc_by_c_store_and_stow(net
         status = node.status()
         assert status["counts"] == {"queued": 0, "sending": 0, "done": 3, "failed": 0}
         for orthanc in (dimse, web):
-            _check_in_source_studies(orthanc, sources, per_source=5)  # overlay SC, counterfactual SC, PMAP, SEG, SR
+            _check_in_source_studies(orthanc, sources, per_source=6)  # 2 SCs, PMAP and its colours (PR), SEG, SR
         # the results on disk are those of `vald run`: one output set per instance, listed in the node's journal
         events = _events(tmp_path)
         assert sorted(e["event"] for e in events if e["event"] == "sent") == ["sent"] * 6
@@ -103,6 +104,7 @@ def test_node_receives_processes_and_delivers_to_orthanc_by_c_store_and_stow(net
                 "segmentation.dcm",
                 "report.dcm",
                 "parametric-map.dcm",
+                "parametric-map-colours.dcm",
             }
         log = node.log()
         for path in sources:  # no patient data in the node's log (pynetdicom's own logging is silenced)
@@ -135,7 +137,7 @@ def test_node_killed_mid_processing_and_restarted_does_every_instance_exactly_on
         node.start()
         wait_for(lambda: node.status()["counts"]["done"] == 4, 240, "4 instances done after the restart")
         assert node.status()["counts"] == {"queued": 0, "sending": 0, "done": 4, "failed": 0}
-        _check_in_source_studies(pacs, sources, per_source=5)
+        _check_in_source_studies(pacs, sources, per_source=6)
         events = _events(tmp_path)
         keys = {e["key"] for e in events if e["event"] == "received"}
         assert len(keys) == 4
@@ -187,6 +189,7 @@ def test_node_rejects_strangers_and_other_sop_classes_and_dead_letters_what_cann
         assert sorted(p.name for p in kept.iterdir()) == [
             "counterfactual.dcm",
             "overlay.dcm",
+            "parametric-map-colours.dcm",
             "parametric-map.dcm",
             "reason.json",
             "report.dcm",
@@ -245,7 +248,7 @@ def test_a_refused_destination_is_named_in_status_and_its_dead_letter_is_requeue
         wait_for(lambda: node.status()["counts"]["done"] == 1, 120, "the requeued result to be delivered")
         status = node.status()
         assert status["counts"]["failed"] == 0 and status["destinations"]["pacs"]["state"] == "ok"
-        assert len(list(received.iterdir())) == 5  # counterfactual SC, overlay SC, PMAP, SEG, SR: once each
+        assert len(list(received.iterdir())) == 6  # the 2 SCs, PMAP, its colours, SEG, SR: once each
         assert [e["event"] for e in _events(tmp_path) if e["key"] == key][-3:] == ["requeued", "sent", "done"]
     finally:
         if storescp is not None:

@@ -171,12 +171,13 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
 
         thumbs = open_study()
         labels = [thumbs.nth(i).inner_text().replace("\n", " ") for i in range(thumbs.count())]
-        assert len(labels) == 6 and sum("Not for diagnostic use" in t for t in labels) == 5, labels
+        assert len(labels) == 7 and sum("Not for diagnostic use" in t for t in labels) == 6, labels
         previous = ""
         for i, label in enumerate(labels):
             kind = "seg" if label.startswith("SEG") else "sr" if label.startswith("SR") else "other"
             kind = "overlay" if "overlay" in label else "pmap" if "(PMAP)" in label else kind
-            if previous in ("pmap", "sr"):  # OHIF 3.13.2 keeps a fused map's colours for the next object (a SEG
+            kind = "pr" if label.startswith("PR") else kind
+            if previous in ("pmap", "sr", "pr"):  # OHIF 3.13.2 keeps a fused map's colours for the next object (a SEG
                 thumbs = open_study()  # opened after the PMAP lay over a colour-mapped image): open the study anew
             previous = kind
             thumbs.nth(i).dblclick()
@@ -194,6 +195,9 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
                 time.sleep(3)
                 page.screenshot(path=str(path))
             error = _viewer_error(page, path)
+            for _ in range(5 if kind == "sr" and not error else 0):  # its error boundary can come seconds later
+                time.sleep(2)
+                error = _viewer_error(page, path)
             if kind == "sr":
                 # the expected, named limitation: OHIF 3.13.2's SR viewport reads measurements only from SCOORD
                 # geometry; a TID 1500 group whose region is a SEG reference stops it (TypeError reading
@@ -202,7 +206,7 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
                 assert error, "OHIF showed the SR: update the docs and this test"
             elif error:
                 problems.append(f"{kind}: the viewer shows an error: {error}")
-            if kind in ("seg", "overlay", "pmap"):
+            if kind in ("seg", "overlay", "pmap", "pr"):
                 box = page.evaluate(IMAGE_ON_SCREEN)
                 seen[kind] = _coloured_inside_and_far(_shot(path), mask, box, red=kind != "pmap")
         browser.close()
@@ -212,6 +216,10 @@ def test_ohif_shows_the_overlay_and_the_segmentation_inside_the_lesion(study) ->
         # reference) only sometimes: 2 of 7 tries on this machine (both while the machine was busy); otherwise it
         # shows the source alone, with no error.  When it does fuse it, the map must lie on the lesion.
         limitations["pmap"] = "OHIF showed the source without the fused Parametric Map"
+    # the expected, named limitation: OHIF 3.13.2 marks the pseudo-colour presentation state unsupported (a
+    # warning sign on its thumbnail) and shows the source uncoloured; it fails the day OHIF applies the palette
+    assert seen["pr"][0] == 0, ("pr", seen["pr"])
+    limitations["pr"] = "OHIF does not apply the Pseudo-Color Softcopy Presentation State"
     report = {"problems": problems, "expected_limitations": limitations, **measured}
     (ARTEFACTS / f"measured-{seg_type}.json").write_text(json.dumps(report, indent=1))
     if seg_type == "fractional":

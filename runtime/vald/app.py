@@ -23,7 +23,7 @@ from vald.errors import InputError
 from vald.imageio import Letterbox, read_image
 from vald.induce import induce
 from vald.manifest import Manifest
-from vald.outputs import INDUCED, write_outputs
+from vald.outputs import INDUCED, OutputSet, output_files, publish_set
 from vald.pipeline import Engines
 from vald.render import CAUTION, symmetric_limit
 from vald.schedules import NoiseSchedule
@@ -52,11 +52,7 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
     )
     check_against_model(engines, cfg)  # once, as a settings error: not a failure of every input
     provenance = {
-        "model_sha256": manifest.model_sha256,
-        # everything about the model that decides the pixels besides its weights (in the settings hash too)
-        "schedule": engines.schedule.describe(cfg.scheduler.value),
-        "model": asdict(info),
-        "engine_files_sha256": verified.hashes,
+        **_identity(manifest, engines.schedule, verified.hashes, cfg),
         "sessions": {c.value: asdict(s.info) for c, s in sessions.items()},
         "loop": ops.name,  # where the sampler's arithmetic ran (host float64, or device arrays in float32)
         "startup": {
@@ -68,6 +64,27 @@ def open_engines(engine_dir: Path, cfg: RunConfig, *, model_dir: Path | None = N
         },
     }
     return engines, provenance
+
+
+def _identity(manifest: Manifest, schedule: NoiseSchedule, hashes: dict[str, str], cfg: RunConfig) -> dict[str, Any]:
+    """What of an engine folder enters the settings hash: model hash, schedule, model facts, file hashes."""
+    return {
+        "model_sha256": manifest.model_sha256,
+        # everything about the model that decides the pixels besides its weights (in the settings hash too)
+        "schedule": schedule.describe(cfg.scheduler.value),
+        "model": asdict(manifest.model),
+        "engine_files_sha256": hashes,
+    }
+
+
+def describe_engines(engine_dir: Path, cfg: RunConfig) -> dict[str, Any]:
+    """The settings-hash part of ``open_engines``'s provenance, verified against the manifest, no session opened.
+
+    A driver that only publishes (the cluster executor's) needs the settings hash, not the engines.
+    """
+    manifest = Manifest.load(engine_dir)
+    verified = manifest.verify_files(run_files(manifest, cfg))
+    return _identity(manifest, NoiseSchedule.for_pipeline(manifest.scheduler_config), verified.hashes, cfg)
 
 
 RUNTIME_PACKAGES = (
@@ -280,7 +297,25 @@ def run_one(
     on_step: Callable[[int, int], None] | None = None,
     keep_mask: Path | None = None,
 ) -> Path:
-    """Counterfactual and attribution map of one input, written under ``out_root/<source.key>/``.
+    """Counterfactual and attribution map of one input, published under ``out_root/<source.key>/``."""
+    outputs = compute_one(source, engines, provenance, cfg, options=options, on_step=on_step, keep_mask=keep_mask)
+    return outputs.publish(out_root)
+
+
+def compute_one(
+    source: Source,
+    engines: Engines,
+    provenance: dict[str, Any],
+    cfg: RunConfig,
+    *,
+    options: OutputOptions = DEFAULT_OUTPUTS,
+    on_step: Callable[[int, int], None] | None = None,
+    keep_mask: Path | None = None,
+) -> OutputSet:
+    """Counterfactual and attribution map of one input, as an output set not yet written.
+
+    The one function every executor runs: in this process, or in a cluster worker whose set the driver
+    publishes.
 
     ``keep_mask``: a mask at the input's size whose white region is held unchanged (tubes, lines, devices).
     """
@@ -305,7 +340,6 @@ def run_one(
         result["input"]["keep_mask_sha256"] = keep_sha
     vmax = _display(result, signed_map)
     extra = _dicom_extra(source, cf_native, signed_map, provenance, result, "attribution", options, vmax)
-    out_dir = out_root / source.key
     titles = ("input", "normal counterfactual", f"{cfg.resolved_reference.value} - counterfactual")
     if uncertainty is not None:
         result["uncertainty"] = {
@@ -313,10 +347,10 @@ def run_one(
             "what": f"per-pixel standard deviation of the {cfg.average} per-seed maps (model resolution, resized)",
             "mean": float(uncertainty.mean()),
         }
-    write_outputs(
-        out_dir, native, cf_native, signed_map, vmax, result, titles=titles, extra=extra, uncertainty=uncertainty
+    files, body = output_files(
+        native, cf_native, signed_map, vmax, result, titles=titles, extra=extra, uncertainty=uncertainty
     )
-    return out_dir
+    return OutputSet(source.key, files, body)
 
 
 def induce_one(
@@ -348,5 +382,8 @@ def induce_one(
     extra = _dicom_extra(source, out_native, change_map, provenance, result, "induction", options, vmax)
     out_dir = out_root / _sha(source.key + mask_sha)[:16]
     titles = ("input", "induced", "induced - input")
-    write_outputs(out_dir, native, out_native, change_map, vmax, result, image_name=INDUCED, titles=titles, extra=extra)
+    publish_set(
+        out_dir,
+        *output_files(native, out_native, change_map, vmax, result, image_name=INDUCED, titles=titles, extra=extra),
+    )
     return out_dir

@@ -18,7 +18,7 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -179,18 +179,52 @@ def handle_one(
     """
     started = time.perf_counter()
     try:
-        with interruptible():  # a stop signal ends this input's work at once (vald.signals)
-            entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
-            source = load(path, entry.input_sha256)
-            entry.output = source.key
-            first = entry.index if seen is None else seen.setdefault(source.key, entry.index)
-            if first != entry.index:
-                entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
-            elif not force and finished(out_root / source.key, settings_sha):
-                entry.status = Status.SKIPPED
-            else:
+        with recorded(entry), interruptible():  # a stop signal ends this input's work at once (vald.signals)
+            source = prepare_one(path, entry, out_root, settings_sha, load, force=force, seen=seen)
+            if source is not None:
                 process(source, entry)
                 entry.status = Status.DONE
+    finally:
+        entry.seconds = round(time.perf_counter() - started, 3)
+
+
+def prepare_one(
+    path: Path,
+    entry: Entry,
+    out_root: Path,
+    settings_sha: str,
+    load: Callable[[Path, str | None], Source],
+    *,
+    force: bool = False,
+    seen: dict[str, int] | None = None,
+) -> Source | None:
+    """Hash and load one input; None (``entry`` marked skipped) when finished with these settings or a duplicate.
+
+    Errors propagate: wrap the call in :func:`recorded`.
+    """
+    entry.input_sha256 = read_sha256(path)  # first: a file that fails to decode is still named by it
+    source = load(path, entry.input_sha256)
+    entry.output = source.key
+    first = entry.index if seen is None else seen.setdefault(source.key, entry.index)
+    if first != entry.index:
+        entry.status, entry.error = Status.SKIPPED, f"same instance as input #{first}"
+        return None
+    if not force and finished(out_root / source.key, settings_sha):
+        entry.status = Status.SKIPPED
+        return None
+    return source
+
+
+@contextlib.contextmanager
+def recorded(entry: Entry) -> Iterator[None]:
+    """Record a failure of the work inside as ``entry``'s status and error; the batch goes on.
+
+    A stop signal (KeyboardInterrupt) marks it interrupted and an :class:`OutputError` marks it failed, and
+    both are raised; any other error is kept (a :class:`ValdError` by its message, anything else by its type
+    alone: its text may quote a header value).
+    """
+    try:
+        yield
     except KeyboardInterrupt:
         entry.status = Status.INTERRUPTED
         raise
@@ -200,9 +234,12 @@ def handle_one(
     except ValdError as exc:
         entry.status, entry.error = Status.FAILED, str(exc)
     except Exception as exc:  # a bad file never stops a batch; the type is safe to show, the text may not be
-        entry.status, entry.error = Status.FAILED, f"internal error ({type(exc).__name__}); please report it"
-    finally:
-        entry.seconds = round(time.perf_counter() - started, 3)
+        entry.status, entry.error = Status.FAILED, internal_error(exc)
+
+
+def internal_error(exc: BaseException) -> str:
+    """The one-line error of an unexpected exception: its type only."""
+    return f"internal error ({type(exc).__name__}); please report it"
 
 
 def run_batch(

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vald import __version__
+from vald.batch import Entry, Status, Summary
 from vald.config import (
     EXPORT_PRECISIONS,
     INDUCE_DEFAULTS,
@@ -115,6 +116,12 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--keep-mask", type=Path, help="mask at the input's size; its white region is held unchanged (one input)"
     )
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="run on a Ray cluster: the head's HOST:PORT, or auto (this machine's); needs vald[cluster]",
+    )
+    p.add_argument("--workers", type=int, default=1, help="--cluster: Ray workers, each with --threads threads (1)")
     p = sub.add_parser("induce", help="add a named finding inside a mask (masked img2img)")
     p.add_argument("image", type=Path, help="input image: DICOM (CR/DX), PNG, JPEG or TIFF")
     p.add_argument("--mask", type=Path, required=True, help="mask image, same size as the input; white = inside")
@@ -309,7 +316,7 @@ def _cmd_induce(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from vald.app import attribution_settings_sha256, check_keep_mask, open_engines, run_one
-    from vald.batch import Entry, Status, collect, run_batch
+    from vald.batch import collect, run_batch
     from vald.report import write_report
 
     cfg = _config(args, RunConfig())
@@ -317,8 +324,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.keep_mask and len(inputs) != 1:
         raise ConfigError(f"--keep-mask applies to one input, not {len(inputs)}: run each image with its own mask")
     keep_sha = check_keep_mask(args.keep_mask, _loader(args)(inputs[0], None)) if args.keep_mask else None
-    engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
     options = _options(args)
+    if args.cluster is not None:
+        return _run_on_cluster(args, cfg, inputs, options)
+    engines, provenance = open_engines(args.engines, cfg, model_dir=args.model)
     settings_sha = attribution_settings_sha256(cfg, provenance, options, keep_sha)
 
     def process(source: Source, entry: Entry) -> Path:
@@ -334,6 +343,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
             keep_mask=args.keep_mask,
         )
 
+    info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": __version__}
+    # deferred: a stop signal ends the input in progress (its work is interruptible), never the summary or report
+    with claim(args.out), deferred():
+        summary = run_batch(
+            inputs,
+            args.out,
+            settings_sha,
+            _loader(args),
+            process,
+            run_info=info,
+            force=args.force,
+            on_event=_event(args),
+        )
+        report = None if args.no_report else write_report(args.out, summary)
+    return _finish_run(args, inputs, summary, report)
+
+
+def _run_on_cluster(args: argparse.Namespace, cfg: RunConfig, inputs: list[Path], options: OutputOptions) -> int:
+    """``vald run --cluster``: workers compute on the Ray cluster, this process alone publishes (vald.cluster)."""
+    from vald.cluster.batch import run_on
+    from vald.cluster.run import cluster_config, open_cluster
+    from vald.report import write_report
+
+    if args.keep_mask:
+        raise ConfigError("--keep-mask applies to one input: run it without --cluster")
+    executor, settings_sha, model_sha = open_cluster(
+        args.engines, cfg, options, cluster_config(args.cluster, args.workers, cfg)
+    )
+    info = {"model_sha256": model_sha, "inputs": len(inputs), "vald": __version__, "workers": args.workers}
+    try:
+        with claim(args.out), deferred():
+            summary = run_on(
+                executor, inputs, args.out, settings_sha, _loader(args), run_info=info, force=args.force,
+                on_event=_event(args),
+            )  # fmt: skip
+            report = None if args.no_report else write_report(args.out, summary)
+    finally:
+        executor.close()
+    return _finish_run(args, inputs, summary, report)
+
+
+def _event(args: argparse.Namespace) -> Callable[[Entry, int], None]:
+    """Per-input lines on the terminal (failures always; the rest unless --quiet); output folders on stdout."""
+
     def event(entry: Entry, total: int) -> None:
         label = f"[{entry.index}/{total}] input #{entry.index}"
         if entry.status == Status.FAILED:
@@ -344,13 +397,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if entry.status in (Status.DONE, Status.SKIPPED):
             print(args.out / entry.output, flush=True)
 
-    info = {"model_sha256": provenance["model_sha256"], "inputs": len(inputs), "vald": __version__}
-    # deferred: a stop signal ends the input in progress (its work is interruptible), never the summary or report
-    with claim(args.out), deferred():
-        summary = run_batch(
-            inputs, args.out, settings_sha, _loader(args), process, run_info=info, force=args.force, on_event=event
-        )
-        report = None if args.no_report else write_report(args.out, summary)
+    return event
+
+
+def _finish_run(args: argparse.Namespace, inputs: list[Path], summary: Summary, report: Path | None) -> int:
     counts = ", ".join(f"{n} {status}" for status, n in summary.counts().items())
     tail = f"; report: {report}" if report else ""
     print(f"vald: {len(inputs)} input(s): {counts}; summary: {args.out / 'summary.json'}{tail}", file=sys.stderr)

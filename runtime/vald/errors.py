@@ -42,6 +42,10 @@ class BackendUnavailableError(ValdError):
     """The chosen backend or execution provider is not installed here."""
 
 
+class ClusterError(ValdError):
+    """A cluster cannot be joined, its workers cannot start, or none is left to run the inputs."""
+
+
 class ParityError(ValdError):
     """An exported component disagrees with its PyTorch source beyond tolerance."""
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -203,8 +204,26 @@ def png_rgba(rgba: NDArray[np.uint8]) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(
-    out_dir: Path,
+@dataclass(frozen=True)
+class OutputSet:
+    """One input's outputs, computed but not yet written.
+
+    Its folder's name under the output root, its files (name -> bytes, as :func:`output_files` makes them)
+    and its result (written as ``result.json``).  It is what a worker returns, in this process or on a
+    cluster node: only the caller that holds the output folder's lock publishes it (:meth:`publish`).
+    """
+
+    key: str
+    files: Mapping[str, bytes]
+    result: Mapping[str, Any]
+
+    def publish(self, out_root: Path) -> Path:
+        """Write the set as ``out_root/<key>/`` with :func:`publish_set`; the folder."""
+        publish_set(out_root / self.key, self.files, self.result)
+        return out_root / self.key
+
+
+def output_files(
     input01: NDArray[np.float32],
     counterfactual01: NDArray[np.float32],
     signed_map: NDArray[np.float32],
@@ -215,8 +234,8 @@ def write_outputs(
     titles: tuple[str, str, str] = TITLES,
     extra: Mapping[str, bytes] | None = None,
     uncertainty: NDArray[np.float32] | None = None,
-) -> dict[str, Path]:
-    """Publish one input's output set (native resolution) with :func:`publish_set`.
+) -> tuple[dict[str, bytes], Mapping[str, Any]]:
+    """One input's output set (native resolution) as file name -> bytes, and its result, ready to publish.
 
     ``vmax`` is the colour limit shared by the heat map and the triptych.  ``image_name`` names the
     generated image's PNG (``induced.png`` for induction); ``titles`` label the triptych's panels;
@@ -241,4 +260,4 @@ def write_outputs(
         np.save(std, uncertainty.astype(np.float32), allow_pickle=False)
         files[UNCERTAINTY] = std.getvalue()
         files[UNCERTAINTY_PNG] = png16(np.clip(uncertainty / max(vmax, 1e-12), 0.0, 1.0).astype(np.float32))
-    return publish_set(out_dir, files, result)
+    return files, result

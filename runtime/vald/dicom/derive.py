@@ -8,6 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from vald.dicom.palette import map_colours
 from vald.dicom.pmap import attribution_pmap
 from vald.dicom.reader import quiet_dicom
 from vald.dicom.report import Algorithm, attribution_sr
@@ -21,6 +22,7 @@ INDUCED_DCM = "induced.dcm"
 SEGMENTATION_DCM = "segmentation.dcm"
 REPORT_DCM = "report.dcm"
 PMAP_DCM = "parametric-map.dcm"
+COLOURS_DCM = "parametric-map-colours.dcm"  # the report's colours for the map (a presentation state)
 REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
@@ -59,6 +61,7 @@ def derived_files(
             pmap = attribution_pmap(header, signed_map, vmax, prov) if parametric_map else None
             if pmap is not None:
                 objects[PMAP_DCM] = pmap
+                objects[COLOURS_DCM] = map_colours(header, pmap, vmax, prov)
             if segmentation:
                 seg = objects[SEGMENTATION_DCM] = attribution_seg(header, signed_map, vmax, prov, seg_type)
                 if algorithm is not None:

@@ -36,11 +36,13 @@ SERIES: dict[str, tuple[int, str]] = {
     "segmentation": (9103, "vald attribution region (SEG)"),
     "report": (9104, "vald attribution report (SR)"),
     "parametric-map": (9105, "vald signed attribution map (PMAP)"),
+    "map-colours": (9106, "vald map colours (pseudo-colour PR)"),
     "induced-overlay": (9111, "vald induced change overlay"),
     "induced": (9112, "vald induced finding (synthetic)"),
     "induced-segmentation": (9113, "vald induced change (SEG)"),
     "induced-report": (9114, "vald induced change report (SR)"),
     "induced-parametric-map": (9115, "vald signed induced change map (PMAP)"),
+    "induced-map-colours": (9116, "vald induced map colours (pseudo-colour PR)"),
 }
 NOT_FOR_DIAGNOSIS = "Not for diagnostic use"
 SEG_THRESHOLD = 0.5  # BINARY SEG: |M| >= this fraction of the colour limit (the overlay's saturation value)

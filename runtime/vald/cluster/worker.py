@@ -1,0 +1,67 @@
+"""The worker every executor runs: it opens the engines once and computes one input's output set at a time.
+
+A worker refuses to start when the engine folder it sees, or the libraries it runs with, would give another
+settings hash than the driver's (``WorkerSpec.settings_sha256``): a worker node with a missing, altered or
+other engine folder, or another onnxruntime, is turned away by the same manifest and hash checks as a local
+run, before it computes anything.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from vald.config import OutputOptions, RunConfig
+from vald.errors import EngineMismatchError
+from vald.outputs import OutputSet
+from vald.sources import Source
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs: the engine folder (the same path on every node), settings, outputs, the hash."""
+
+    engines: Path
+    run: RunConfig
+    options: OutputOptions
+    settings_sha256: str
+
+
+class EngineWorker:
+    """Opens ``spec.engines`` once (verified against its manifest) and computes output sets."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        from vald.app import attribution_settings_sha256, open_engines
+
+        self.spec = spec
+        self.engines, self.provenance = open_engines(spec.engines, spec.run)
+        mine = attribution_settings_sha256(spec.run, self.provenance, spec.options)
+        if mine != spec.settings_sha256:
+            raise EngineMismatchError(
+                f"the worker on {node_name()} has another engine folder or other library versions than the "
+                "driver (settings sha256 differs); give every node the same engines and the same vald install"
+            )
+
+    def compute(self, source: Source) -> OutputSet:
+        """The output set of one input (:func:`vald.app.compute_one`)."""
+        from vald.app import compute_one
+
+        return compute_one(source, self.engines, self.provenance, self.spec.run, options=self.spec.options)
+
+    def ready(self) -> str:
+        """Where this worker runs (answered once its engines are open)."""
+        return node_name()
+
+
+def node_name() -> str:
+    """The name of the node running this for messages: its address in a Ray cluster, else "local"."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return str(ray.util.get_node_ip_address())
+    return "local"
+
+
+def with_threads(cfg: RunConfig, threads: int) -> RunConfig:
+    """``cfg`` with ``threads`` intra-op threads (a cluster worker gets a fixed number, 0 is not allowed)."""
+    return replace(cfg, threads=threads)

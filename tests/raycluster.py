@@ -1,0 +1,100 @@
+"""A real Ray cluster on loopback for the tests and the cluster benchmark: a head and a second node.
+
+Both are started with `ray start` in ``net`` (a private network namespace when the machine allows one),
+with token authentication, usage statistics off and no dashboard, and stopped by PID.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from dicomnet import Netns, wait_for
+
+RAY = Path(sys.executable).with_name("ray")
+HEAD, WORKER = "127.0.0.2", "127.0.0.3"
+
+
+class Cluster:
+    """A head and a second node, started by `ray start` in ``net``; stopped by PID."""
+
+    def __init__(self, net: Netns, folder: Path, *, cpus: tuple[int, ...] = (1, 1)) -> None:
+        self.net, self.folder = net, folder
+        self.temp = Path(tempfile.mkdtemp(prefix="vr", dir="/tmp"))  # short: Ray's socket paths have a limit
+        folder.mkdir(parents=True, exist_ok=True)
+        token = folder / "token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token),
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        self.port = net.free_port()
+        self.address = f"{HEAD}:{self.port}"
+        common = ["--disable-usage-stats", "--include-dashboard=false"]
+        self._start([str(RAY), "start", "--head", "--node-ip-address", HEAD, "--port", str(self.port), *common,
+                     "--num-cpus", str(cpus[0]), "--temp-dir", str(self.temp)])  # fmt: skip
+        if len(cpus) > 1:
+            self._start([str(RAY), "start", "--address", self.address, "--node-ip-address", WORKER, *common[:1],
+                         "--num-cpus", str(cpus[1])])  # fmt: skip
+        self.sessions = self.session_dirs()
+
+    def _start(self, argv: list[str]) -> None:
+        done = self.net.run(argv, env=self.env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    def pids(self, needle: str | None = None) -> set[int]:
+        """PIDs of this cluster's processes (their command lines name its temp folder or its addresses)."""
+        table = subprocess.run(["ps", "-eww", "-o", "pid=,ppid=,args="], capture_output=True, text=True, check=True)
+        rows = [line.split(None, 2) for line in table.stdout.splitlines()]
+        parent = {int(r[0]): int(r[1]) for r in rows}
+        keys = [needle] if needle else [str(self.temp), self.address, f"={WORKER}", f" {WORKER}"]
+        roots = {int(r[0]) for r in rows if len(r) == 3 and any(k in r[2] for k in keys) and "pytest" not in r[2]}
+        found = set(roots)
+        changed = True
+        while changed:  # and their descendants (workers, agents)
+            more = {pid for pid, ppid in parent.items() if ppid in found} - found
+            found |= more
+            changed = bool(more)
+        return found
+
+    def session_dirs(self) -> set[Path]:
+        """The session folders of both nodes (the second node's is not under the head's --temp-dir)."""
+        table = subprocess.run(["ps", "-eww", "-o", "args="], capture_output=True, text=True, check=True)
+        found = {self.temp}
+        for line in table.stdout.splitlines():
+            if self.address in line or str(self.temp) in line:
+                for word in line.split():
+                    if word.startswith(("--session-dir=", "--session_dir=")):
+                        found.add(Path(word.split("=", 1)[1]))
+        return found
+
+    def kill_worker_node(self) -> int:
+        """SIGKILL the second node's raylet and everything under it; how many processes."""
+        victims = self.pids(f"--node_ip_address={WORKER}") | self.pids(f"--node-ip-address={WORKER}")
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        return len(victims)
+
+    def stop(self) -> None:
+        pids = self.pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+        wait_for(lambda: not self.pids(), 30, "every Ray process of the test cluster to end")
+        for folder in self.sessions:
+            shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(self.temp, ignore_errors=True)

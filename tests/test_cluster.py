@@ -1,0 +1,207 @@
+"""`vald run --cluster` on a real two-node Ray cluster on loopback (issue 24).
+
+The head runs on 127.0.0.2 and a second node on 127.0.0.3, both started here with `ray start` (token
+authentication, usage statistics off, no dashboard), inside a private network namespace when the machine
+allows one (Ray's GCS and raylets listen on every interface of their namespace).  Each node offers one CPU;
+workers run one thread each.  Every process the cluster started is stopped by PID at the end, and none may
+be left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dicomnet import REPO, Netns, wait_for
+from raycluster import Cluster
+
+pytest.importorskip("ray")
+pydicom = pytest.importorskip("pydicom")
+
+VALD = Path(sys.executable).with_name("vald")
+SAMPLES = REPO / "engines" / "demo" / "samples"
+CANARY = "Canary^Zebedee"  # a patient name that must not reach Ray's logs or session files
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    net = Netns()
+    started = Cluster(net, tmp_path_factory.mktemp("cluster"))
+    try:
+        yield started
+    finally:
+        started.stop()
+        net.close()
+
+
+def _vald(cluster: Cluster, *argv: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return cluster.net.run([str(VALD), *argv], env=cluster.env, capture_output=True, text=True, timeout=timeout)
+
+
+def _pixels(folder: Path) -> dict[str, bytes]:
+    """Every file that carries pixels or their provenance, as compared between runs (DICOM: pixel data and UIDs;
+    their content date and time are the moment of writing)."""
+    out: dict[str, bytes] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        if path.suffix in (".png", ".npy"):
+            out[rel] = path.read_bytes()
+        elif path.suffix == ".dcm":
+            ds = pydicom.dcmread(path)
+            data = ds.get("PixelData") or ds.get("FloatPixelData") or b""
+            out[rel] = bytes(data) + str(ds.SOPInstanceUID).encode() + str(ds.SeriesInstanceUID).encode()
+    return out
+
+
+def test_a_cluster_run_equals_the_local_run_and_resumes(cluster: Cluster, tmp_path: Path) -> None:
+    inputs = [str(SAMPLES / f"{n}.dcm") for n in ("normal", "nodule", "consolidation")]
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    common = ["--engines", str(REPO / "engines" / "demo"), "--threads", "1", "--quiet"]
+    done = _vald(cluster, "run", *inputs, *common, "--out", str(remote), "--cluster", cluster.address, "--workers", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    # the run's workers end with it (Ray names an actor's process after its class); idle pool workers are the
+    # cluster's own and go with it (the fixture stops every process of the cluster by PID)
+    wait_for(lambda: not cluster.pids("ray::RayWorker"), 30, "the run's Ray workers to end")
+    assert subprocess.run([str(VALD), "run", *inputs, *common, "--out", str(local)], check=False).returncode == 0
+    assert _pixels(remote) == _pixels(local) and len(_pixels(local)) == 3 * 11
+    summary = json.loads((remote / "summary.json").read_text())
+    assert summary["settings_sha256"] == json.loads((local / "summary.json").read_text())["settings_sha256"]
+    assert summary["run"]["executor"] == "ray" and summary["counts"] == {"done": 3}
+    # a re-run skips every finished input and writes nothing again
+    stamps = {p: p.stat().st_mtime_ns for p in remote.rglob("*.npy")}
+    again = _vald(cluster, "run", *inputs, *common, "--out", str(remote), "--cluster", cluster.address)
+    assert again.returncode == 0 and json.loads((remote / "summary.json").read_text())["counts"] == {"skipped": 3}
+    assert {p: p.stat().st_mtime_ns for p in remote.rglob("*.npy")} == stamps
+
+
+def test_no_patient_text_reaches_ray_and_a_worker_node_killed_mid_batch_is_retried(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    from dicomfiles import dataset, ramp, save
+
+    inputs = []
+    for k in range(6):
+        ds = dataset(ramp(rows=96 + 8 * k, cols=96, bits=12), uid_seed=300 + k)
+        ds.PatientName = CANARY
+        inputs.append(str(save(ds, tmp_path / f"in{k}.dcm")))
+    out = tmp_path / "out"
+    argv = [str(VALD), "run", *inputs, "--engines", str(REPO / "engines" / "demo"), "--threads", "1"]
+    argv += ["--out", str(out), "--cluster", cluster.address, "--workers", "2", "--steps", "60"]
+    run = cluster.net.popen(argv, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(list(out.glob("*/result.json"))) >= 1 or run.poll() is not None, 300, "a first result")
+        assert run.poll() is None, "the batch ended before the node could be killed"
+        assert cluster.kill_worker_node() > 0
+        _, stderr = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"done": 6}, summary
+    assert len({e["output"] for e in summary["entries"]}) == 6  # every input once
+    files = [p for folder in cluster.sessions for p in folder.rglob("*") if p.is_file()]
+    assert len(files) > 10  # Ray's logs and session files of both nodes
+    leaked = [p for p in files if CANARY.encode() in _head(p)]
+    assert leaked == [], leaked
+
+
+def _head(path: Path) -> bytes:
+    try:
+        return path.read_bytes()[:4_000_000]
+    except OSError:
+        return b""
+
+
+def test_an_unreachable_cluster_is_one_line_and_exit_2_before_any_input_is_read(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [str(VALD), "run", str(SAMPLES / "normal.dcm"), "--out", str(tmp_path / "o"), "--cluster", "127.0.0.9:9"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    assert done.returncode == 2 and time.monotonic() - started < 60
+    assert done.stderr.strip().splitlines() == [
+        "vald: error: cannot reach the Ray cluster at 127.0.0.9:9: Connection refused"
+    ]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_worker_that_would_hash_otherwise_is_refused(cluster: Cluster) -> None:
+    code = f"""
+import os, sys
+from pathlib import Path
+from vald.cluster.ray_executor import ClusterConfig, RayExecutor
+from vald.cluster.worker import WorkerSpec
+from vald.config import DEFAULT_OUTPUTS, RunConfig
+from vald.errors import EngineMismatchError
+spec = WorkerSpec(Path({str(REPO / "engines" / "demo")!r}), RunConfig(threads=1), DEFAULT_OUTPUTS, "0" * 64)
+try:
+    RayExecutor(spec, ClusterConfig(address={cluster.address!r}, workers=1, start_timeout_s=120))
+except EngineMismatchError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+    done = cluster.net.run([sys.executable, "-c", code], env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "has another engine folder or other library versions than the driver" in done.stdout
+
+
+def test_the_local_executor_runs_the_same_function(tmp_path: Path) -> None:
+    from vald.app import attribution_settings_sha256, describe_engines
+    from vald.cluster.batch import run_on
+    from vald.cluster.executor import LocalExecutor
+    from vald.cluster.worker import WorkerSpec
+    from vald.config import DEFAULT_OUTPUTS, RunConfig
+    from vald.sources import load
+
+    engines, cfg = REPO / "engines" / "demo", RunConfig(threads=1, steps=8, guidance_min_t=0)
+    sha = attribution_settings_sha256(cfg, describe_engines(engines, cfg), DEFAULT_OUTPUTS)
+    inputs = [SAMPLES / "nodule.png", SAMPLES / "normal.png"]
+    summary = run_on(LocalExecutor(WorkerSpec(engines, cfg, DEFAULT_OUTPUTS, sha)), inputs, tmp_path / "a", sha, load)
+    assert summary.counts() == {"done": 2} and summary.run["executor"] == "local"
+    args = ["run", *map(str, inputs), "--engines", str(engines), "--threads", "1", "--steps", "8"]
+    from vald.cli import main
+
+    assert main([*args, "--guidance-min-t", "0", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    assert _pixels(tmp_path / "a") == _pixels(tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"address": "head"}, "expected 'auto' or the head's HOST:PORT"),
+        ({"address": "head:99999"}, "expected 'auto' or the head's HOST:PORT"),
+        ({"address": "auto", "workers": 0}, "--workers 0: expected 1 to 256"),
+        ({"address": "auto", "threads": 0}, "a cluster worker needs a fixed number of threads"),
+    ],
+)
+def test_cluster_settings_are_checked_once(kwargs: dict[str, object], message: str) -> None:
+    from vald.cluster.ray_executor import ClusterConfig
+    from vald.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        ClusterConfig(**kwargs)  # type: ignore[arg-type]
+    assert message in str(caught.value)
+
+
+def test_another_ray_auth_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vald.cluster.ray_executor import ClusterConfig, connect
+    from vald.errors import ConfigError
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    with pytest.raises(ConfigError, match="only clusters with token authentication"):
+        connect(ClusterConfig(address="127.0.0.9:9"))
+
+
+def test_the_runtime_does_not_import_ray() -> None:
+    code = "import sys, vald.cli, vald.app, vald.cluster.batch, vald.cluster.run; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
