@@ -42,29 +42,49 @@ class Cluster:
         common = ["--disable-usage-stats", "--include-dashboard=false"]
         self._start([str(RAY), "start", "--head", "--node-ip-address", HEAD, "--port", str(self.port), *common,
                      "--num-cpus", str(cpus[0]), "--temp-dir", str(self.temp)])  # fmt: skip
-        if len(cpus) > 1:
-            self._start([str(RAY), "start", "--address", self.address, "--node-ip-address", WORKER, *common[:1],
-                         "--num-cpus", str(cpus[1])])  # fmt: skip
+        self.worker_cpus = cpus[1] if len(cpus) > 1 else 0
+        if self.worker_cpus:
+            self.start_worker_node()
         self.sessions = self.session_dirs()
+
+    def start_worker_node(self) -> None:
+        """(Re)start the second node on 127.0.0.3."""
+        self._start([str(RAY), "start", "--address", self.address, "--node-ip-address", WORKER,
+                     "--disable-usage-stats", "--num-cpus", str(self.worker_cpus)])  # fmt: skip
 
     def _start(self, argv: list[str]) -> None:
         done = self.net.run(argv, env=self.env, capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr[-2000:]
 
-    def pids(self, needle: str | None = None) -> set[int]:
-        """PIDs of this cluster's processes (their command lines name its temp folder or its addresses)."""
+    def processes(self, node: str | None = None) -> dict[int, str]:
+        """This cluster's processes (PID -> command line): those naming its temp folder or its head's address
+        (``node``: only those that also name that node's address), and their descendants (workers, agents)."""
         table = subprocess.run(["ps", "-eww", "-o", "pid=,ppid=,args="], capture_output=True, text=True, check=True)
         rows = [line.split(None, 2) for line in table.stdout.splitlines()]
+        args = {int(r[0]): r[2] if len(r) == 3 else "" for r in rows}
         parent = {int(r[0]): int(r[1]) for r in rows}
-        keys = [needle] if needle else [str(self.temp), self.address, f"={WORKER}", f" {WORKER}"]
-        roots = {int(r[0]) for r in rows if len(r) == 3 and any(k in r[2] for k in keys) and "pytest" not in r[2]}
-        found = set(roots)
+        found = {
+            pid
+            for pid, line in args.items()
+            if (str(self.temp) in line or self.address in line)
+            and (node is None or node in line)
+            and "pytest" not in line
+            and "--cluster" not in line  # a vald driver that names the head
+        }
         changed = True
-        while changed:  # and their descendants (workers, agents)
+        while changed:
             more = {pid for pid, ppid in parent.items() if ppid in found} - found
             found |= more
             changed = bool(more)
-        return found
+        return {pid: args[pid] for pid in found}
+
+    def pids(self) -> set[int]:
+        """PIDs of this cluster's processes."""
+        return set(self.processes())
+
+    def actors(self) -> set[int]:
+        """PIDs of vald's Ray workers (Ray names an actor's process after its class) in this cluster."""
+        return {pid for pid, line in self.processes().items() if line.startswith("ray::RayWorker")}
 
     def session_dirs(self) -> set[Path]:
         """The session folders of both nodes (the second node's is not under the head's --temp-dir)."""
@@ -79,7 +99,7 @@ class Cluster:
 
     def kill_worker_node(self) -> int:
         """SIGKILL the second node's raylet and everything under it; how many processes."""
-        victims = self.pids(f"--node_ip_address={WORKER}") | self.pids(f"--node-ip-address={WORKER}")
+        victims = set(self.processes(node=WORKER))
         for pid in victims:
             try:
                 os.kill(pid, signal.SIGKILL)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -67,7 +69,7 @@ def test_a_cluster_run_equals_the_local_run_and_resumes(cluster: Cluster, tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     # the run's workers end with it (Ray names an actor's process after its class); idle pool workers are the
     # cluster's own and go with it (the fixture stops every process of the cluster by PID)
-    wait_for(lambda: not cluster.pids("ray::RayWorker"), 30, "the run's Ray workers to end")
+    wait_for(lambda: not cluster.actors(), 30, "the run's Ray workers to end")
     assert subprocess.run([str(VALD), "run", *inputs, *common, "--out", str(local)], check=False).returncode == 0
     assert _pixels(remote) == _pixels(local) and len(_pixels(local)) == 3 * 11
     summary = json.loads((remote / "summary.json").read_text())
@@ -102,6 +104,7 @@ def test_no_patient_text_reaches_ray_and_a_worker_node_killed_mid_batch_is_retri
     finally:
         if run.poll() is None:
             run.kill()
+    cluster.start_worker_node()  # for the tests after this one
     assert run.returncode == 0, stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"done": 6}, summary
@@ -173,6 +176,70 @@ def test_the_local_executor_runs_the_same_function(tmp_path: Path) -> None:
 
     assert main([*args, "--guidance-min-t", "0", "--out", str(tmp_path / "b"), "--quiet"]) == 0
     assert _pixels(tmp_path / "a") == _pixels(tmp_path / "b")
+
+
+def test_vald_eval_on_the_cluster_scores_as_the_local_run(cluster: Cluster, tmp_path: Path) -> None:
+    data = tmp_path / "set"
+    subprocess.run([sys.executable, "-m", "vald_train.dataset", str(data), "--per-type", "1"], check=True)
+    common = ["eval", str(data), "--engines", str(REPO / "engines" / "demo"), "--threads", "1", "--steps", "10"]
+    remote = _vald(
+        cluster, *common, "--quiet", "--out", str(tmp_path / "r"), "--cluster", cluster.address, "--workers", "2"
+    )
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    local = subprocess.run(
+        [str(VALD), *common, "--quiet", "--out", str(tmp_path / "l")], capture_output=True, text=True
+    )
+    assert local.returncode == 0, local.stderr[-3000:]
+    a, b = (json.loads((tmp_path / k / "eval.json").read_text()) for k in ("l", "r"))
+    assert a["rows"] == b["rows"] and a["table"] == b["table"] and len(a["rows"]) >= 4
+    assert (a["executor"], b["executor"]) == ("local", "ray")
+
+
+@pytest.mark.skipif(shutil.which("Orthanc") is None or shutil.which("storescu") is None, reason="needs Orthanc, DCMTK")
+def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_node_kill_and_a_worker_node_kill(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomnet import Node, Orthanc, node_toml, send_storescu
+
+    for name, value in cluster.env.items():
+        if name.startswith("RAY_"):
+            monkeypatch.setenv(name, value)
+    net = cluster.net
+    port = net.free_port()
+    pacs = Orthanc(net, tmp_path / "orthanc", aet="PACS", known={"vald": ("VALD", port)})
+    destinations = [{"name": "pacs", "kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.dicom_port}]
+    config = node_toml(tmp_path, port, destinations, steps=60)
+    config.write_text(config.read_text() + f'\n[cluster]\naddress = "{cluster.address}"\nworkers = 2\nthreads = 1\n')
+    node = Node(net, config, tmp_path / "node.log")
+    first = [SAMPLES / f"{n}.dcm" for n in ("normal", "nodule", "consolidation", "effusion")]
+    try:
+        node.start()
+        send_storescu(net, first, port)  # acknowledged: from here on none may be lost
+        wait_for(lambda: node.log().count("processing on the cluster") >= 2, 120, "two instances in flight")
+        assert node.kill(signal.SIGKILL) == -signal.SIGKILL  # the node, with instances in flight on the cluster
+        wait_for(lambda: not cluster.actors(), 60, "the killed node's Ray workers to end")
+        node.start()
+        wait_for(lambda: node.status()["counts"]["done"] == 4, 300, "4 instances done after the restart")
+        send_storescu(net, [SAMPLES / "cardiomegaly.dcm"], port)
+        wait_for(lambda: "processing on the cluster" in node.log().split("listening as")[-1], 60, "the fifth")
+        assert cluster.kill_worker_node() > 0  # a worker node, while the fifth is (or is about to be) computed
+        wait_for(lambda: node.status()["counts"]["done"] == 5, 300, "the fifth instance done")
+        cluster.start_worker_node()
+        assert node.status()["counts"] == {"queued": 0, "sending": 0, "done": 5, "failed": 0}
+        events = [json.loads(x) for x in (tmp_path / "spool" / "events.jsonl").read_text().splitlines()]
+        keys = {e["key"] for e in events if e["event"] == "received"}
+        assert len(keys) == 5
+        for key in keys:  # processed once and sent once, whatever was killed on the way
+            assert [e["event"] for e in events if e["key"] == key and e["event"] in ("processed", "sent")] == [
+                "processed",
+                "sent",
+            ]
+        assert len(pacs.instances()) == 5 * 6  # two SCs, PMAP, its colours, SEG and SR per instance, once each
+        assert node.kill(signal.SIGTERM) == 0
+    finally:
+        if node.process and node.process.poll() is None:
+            node.kill()
+        pacs.stop()
 
 
 @pytest.mark.parametrize(

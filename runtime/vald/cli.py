@@ -21,6 +21,7 @@ from typing import Any
 from vald import __version__
 from vald.batch import Entry, Status, Summary
 from vald.config import (
+    DEFAULT_OUTPUTS,
     EXPORT_PRECISIONS,
     INDUCE_DEFAULTS,
     SEG_TYPES,
@@ -116,12 +117,7 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--keep-mask", type=Path, help="mask at the input's size; its white region is held unchanged (one input)"
     )
-    p.add_argument(
-        "--cluster",
-        metavar="ADDRESS",
-        help="run on a Ray cluster: the head's HOST:PORT, or auto (this machine's); needs vald[cluster]",
-    )
-    p.add_argument("--workers", type=int, default=1, help="--cluster: Ray workers, each with --threads threads (1)")
+    _cluster_flags(p)
     p = sub.add_parser("induce", help="add a named finding inside a mask (masked img2img)")
     p.add_argument("image", type=Path, help="input image: DICOM (CR/DX), PNG, JPEG or TIFF")
     p.add_argument("--mask", type=Path, required=True, help="mask image, same size as the input; white = inside")
@@ -195,6 +191,16 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--precision", choices=[x.value for x in Precision])
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
+    _cluster_flags(p)
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="compute on a Ray cluster: the head's HOST:PORT, or auto (this machine's); needs vald[cluster]",
+    )
+    p.add_argument("--workers", type=int, default=1, help="--cluster: Ray workers, each with --threads threads (1)")
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -489,16 +495,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     classifier = Classifier(args.classifier) if args.classifier else None
     if inception is None:
         print("vald: FID not computed: no --inception weights file given", file=sys.stderr)
-    path = evaluate(
-        data,
-        args.engines,
-        cfg,
-        args.out,
-        inception=inception,
-        classifier=classifier,
-        environment=environment(),
-        log=(lambda _line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
-    )
+    executor = None
+    if args.cluster is not None:
+        from vald.cluster.run import cluster_config, open_cluster
+        from vald.cluster.worker import with_threads
+
+        cluster = cluster_config(args.cluster, args.workers, cfg)
+        cfg = with_threads(cfg, cluster.threads)
+        executor = open_cluster(args.engines, cfg, DEFAULT_OUTPUTS, cluster)[0]
+    try:
+        path = evaluate(
+            data,
+            args.engines,
+            cfg,
+            args.out,
+            inception=inception,
+            classifier=classifier,
+            environment=environment(),
+            log=(lambda _line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+            executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     print(path.with_suffix(".md").read_text(encoding="utf-8"))
     print(path)
     return 0

@@ -17,6 +17,7 @@ from typing import Any
 from vald.batch import Entry, Events, Status, Summary, now, prepare_one, recorded, write_summary
 from vald.cluster.executor import Executor, Task
 from vald.errors import OutputError
+from vald.outputs import OutputSet
 from vald.signals import interruptible, stopped_by
 from vald.sources import Source
 
@@ -68,10 +69,10 @@ def run_on(
                 break
             entry = entries[outcome.index - 1]
             with recorded(entry):
-                if outcome.outputs is None:
-                    entry.status, entry.error = Status.FAILED, outcome.error
+                if not isinstance(outcome.value, OutputSet):
+                    entry.status, entry.error = Status.FAILED, outcome.error or "no output set came back"
                 else:
-                    outcome.outputs.publish(out_root)
+                    outcome.value.publish(out_root)
                     entry.status = Status.DONE
             finish(entry)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM / SIGHUP (vald.signals)

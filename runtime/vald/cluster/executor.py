@@ -10,6 +10,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from vald.cluster.worker import EngineWorker, WorkerSpec
 from vald.outputs import OutputSet
 from vald.sources import Source
@@ -17,18 +20,24 @@ from vald.sources import Source
 
 @dataclass(frozen=True)
 class Task:
-    """One input to compute: its index in the batch and its loaded source."""
+    """One input to compute: its index in the batch and what the worker's ``method`` takes.
+
+    ``method`` is ``compute`` (a loaded :class:`Source` -> its :class:`OutputSet`, for ``vald run``) or
+    ``counterfactual`` (a ``[size, size]`` float32 image at model resolution -> counterfactual and signed map,
+    for ``vald eval``).
+    """
 
     index: int
-    source: Source
+    payload: Source | NDArray[np.float32]
+    method: str = "compute"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What came back for a task: its output set, or a one-line error (no patient data in it)."""
+    """What came back for a task: the method's value (an output set, or arrays), or a one-line error."""
 
     index: int
-    outputs: OutputSet | None
+    value: OutputSet | tuple[NDArray[np.float32], NDArray[np.float32]] | None
     error: str = ""
     worker: str = ""  # where it ran: "local", or the Ray node's address
     attempts: int = 1
@@ -59,7 +68,7 @@ class LocalExecutor:
     def map(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         """Compute each task as it is pulled (exceptions propagate, as in a run without an executor)."""
         for task in tasks:
-            yield Outcome(task.index, self.worker.compute(task.source), worker="local")
+            yield Outcome(task.index, self.worker.call(task.method, task.payload), worker="local")
 
     def close(self) -> None:
         """Nothing to release: the engines go with the process."""

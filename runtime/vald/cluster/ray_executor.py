@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,10 +27,9 @@ from vald.batch import internal_error
 from vald.cluster.executor import Outcome, Task
 from vald.cluster.worker import EngineWorker, WorkerSpec, node_name
 from vald.errors import BackendUnavailableError, ClusterError, ConfigError, ValdError
-from vald.outputs import OutputSet
-from vald.sources import Source
 
 MAX_WORKERS = 256
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,12 +71,27 @@ def connect(cluster: ClusterConfig) -> Any:
             socket.create_connection((host, int(port)), timeout=5).close()
         except OSError as exc:
             raise ClusterError(f"cannot reach {where}: {exc.strerror or type(exc).__name__}") from None
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     try:
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.ERROR, namespace="vald")
     except Exception as exc:  # Ray's own exceptions: ConnectionError, RuntimeError, auth failures
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise ClusterError(f"cannot join {where}: {type(exc).__name__}: {first}") from None
+    finally:
+        _restore(handlers)
     return ray
+
+
+def _restore(handlers: dict[signal.Signals, Any]) -> None:
+    """Put back the stop handlers ``ray.init`` replaces.
+
+    Its SIGTERM handler exits at once, skipping vald's clean stop (summary, report, the node's spool).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in handlers.items():
+        if handler is not None and signal.getsignal(signum) is not handler:
+            signal.signal(signum, handler)
 
 
 class RayWorker:
@@ -99,11 +115,11 @@ class RayWorker:
             raise self.error
         return node_name()
 
-    def compute(self, source: Source) -> OutputSet:
-        """The output set of one input."""
+    def call(self, method: str, payload: Any) -> Any:
+        """The worker's ``method`` on one task's payload."""
         if self.worker is None:
             raise ClusterError("this Ray worker did not start")
-        return self.worker.compute(source)
+        return self.worker.call(method, payload)
 
 
 class RayExecutor:
@@ -122,6 +138,8 @@ class RayExecutor:
         self.idle: list[Any] = []
         self.nodes: dict[Any, str] = {}  # actor -> its node's address
         self.warming: dict[Any, Any] = {}  # ready() ref -> actor being placed and opened
+        self.pending: dict[Any, tuple[Task, Any, int]] = {}  # call ref -> (task, actor, attempt)
+        self.retry: deque[tuple[Task, int]] = deque()  # tasks whose worker died, with their next attempt
         try:
             for _ in range(cluster.workers):
                 self._start_worker()
@@ -154,62 +172,77 @@ class RayExecutor:
             raise _worker_error(exc) from None
         self.idle.append(actor)
 
+    def free(self) -> int:
+        """Workers ready for a new task now (retries of dead workers' tasks come first)."""
+        return max(0, len(self.idle) - len(self.retry))
+
+    def submit(self, task: Task, attempt: int = 1) -> None:
+        """Hand ``task`` to an idle worker (the caller checks :meth:`free` first)."""
+        if not self.idle:
+            raise ClusterError("no idle Ray worker to take an input")
+        actor = self.idle.pop()
+        self.pending[actor.call.remote(task.method, task.payload)] = (task, actor, attempt)
+
+    @property
+    def busy(self) -> bool:
+        """Tasks in flight or waiting for a retry."""
+        return bool(self.pending or self.retry)
+
+    def poll(self, timeout: float | None) -> list[Outcome]:
+        """Wait up to ``timeout`` seconds (None: until something happens) for a task or a new worker; outcomes."""
+        while self.retry and self.idle:
+            self.submit(*self.retry.popleft())
+        if not self.pending and not self.warming:
+            if self.retry:
+                raise ClusterError("no Ray worker is left to run the remaining inputs")
+            return []
+        if not self.pending:
+            timeout = self.cluster.start_timeout_s if timeout is None else timeout
+        ready, _ = self.ray.wait([*self.pending, *self.warming], num_returns=1, timeout=timeout)
+        if not ready:
+            if not self.pending and self.retry and timeout == self.cluster.start_timeout_s:
+                raise ClusterError(f"no replacement Ray worker was placed within {timeout:g} s")
+            return []
+        return self._finished(ready[0])
+
     def map(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
         """Run ``tasks`` with one in flight per worker; a dead worker's task is retried on a replacement."""
         source = iter(tasks)
-        retry: deque[tuple[Task, int]] = deque()
-        pending: dict[Any, tuple[Task, Any, int]] = {}
         exhausted = False
         while True:
-            while self.idle and (retry or not exhausted):
-                if retry:
-                    task, attempt = retry.popleft()
+            while not exhausted and self.free():
+                task = next(source, None)
+                if task is None:
+                    exhausted = True
                 else:
-                    next_task = next(source, None)
-                    if next_task is None:
-                        exhausted = True
-                        break
-                    task, attempt = next_task, 1
-                actor = self.idle.pop()
-                pending[actor.compute.remote(task.source)] = (task, actor, attempt)
-            if not pending and not retry and exhausted:
+                    self.submit(task)
+            if exhausted and not self.busy:
                 return
-            if not pending and not self.warming:
-                raise ClusterError("no Ray worker is left to run the remaining inputs")
-            yield from self._next(pending, retry)
+            yield from self.poll(None)
 
-    def _next(self, pending: dict[Any, tuple[Task, Any, int]], retry: deque[tuple[Task, int]]) -> Iterator[Outcome]:
-        timeout = None if pending else self.cluster.start_timeout_s
-        ready, _ = self.ray.wait([*pending, *self.warming], num_returns=1, timeout=timeout)
-        if not ready:
-            raise ClusterError(f"no replacement Ray worker could be placed within {self.cluster.start_timeout_s:g} s")
-        ref = ready[0]
+    def _finished(self, ref: Any) -> list[Outcome]:
         if ref in self.warming:
             self._warmed(ref)
-            return
-        task, actor, attempt = pending.pop(ref)
+            return []
+        task, actor, attempt = self.pending.pop(ref)
         node = self.nodes.get(actor, "?")
         try:
-            outputs = self.ray.get(ref)
-        except self.ray.exceptions.RayTaskError as exc:  # compute_one raised: this input's own failure
+            value = self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as exc:  # the worker's function raised: this input's own failure
             self.idle.append(actor)
             cause = getattr(exc, "cause", None)
             error = str(cause) if isinstance(cause, ValdError) else internal_error(cause or exc)
-            yield Outcome(task.index, None, error, node, attempt)
-            return
+            return [Outcome(task.index, None, error, node, attempt)]
         except self.ray.exceptions.RayError as exc:  # the worker process or its node died mid-input
             self.nodes.pop(actor, None)
             self._start_worker()
             if attempt <= self.cluster.retries:
-                retry.append((task, attempt + 1))
-                return
-            error = (
-                f"the Ray worker died {attempt} times while computing this input (last on {node}: {type(exc).__name__})"
-            )
-            yield Outcome(task.index, None, error, node, attempt)
-            return
+                self.retry.append((task, attempt + 1))
+                return []
+            error = f"the Ray worker died {attempt} times computing this input (last on {node}: {type(exc).__name__})"
+            return [Outcome(task.index, None, error, node, attempt)]
         self.idle.append(actor)
-        yield Outcome(task.index, outputs, worker=node, attempts=attempt)
+        return [Outcome(task.index, value, worker=node, attempts=attempt)]
 
     def close(self) -> None:
         """Kill this executor's actors and leave the cluster (the cluster's own processes stay)."""
@@ -220,6 +253,7 @@ class RayExecutor:
                 continue
         self.idle.clear()
         self.warming.clear()
+        self.pending.clear()
         self.nodes.clear()
         if self.ray.is_initialized():
             self.ray.shutdown()

@@ -11,11 +11,17 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from vald.config import OutputOptions, RunConfig
 from vald.errors import EngineMismatchError
 from vald.outputs import OutputSet
 from vald.sources import Source
+
+METHODS = ("compute", "counterfactual")
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,7 @@ class WorkerSpec:
     engines: Path
     run: RunConfig
     options: OutputOptions
-    settings_sha256: str
+    settings_sha256: str | None  # None: no check (a worker in the driver's own process)
 
 
 class EngineWorker:
@@ -37,7 +43,7 @@ class EngineWorker:
         self.spec = spec
         self.engines, self.provenance = open_engines(spec.engines, spec.run)
         mine = attribution_settings_sha256(spec.run, self.provenance, spec.options)
-        if mine != spec.settings_sha256:
+        if spec.settings_sha256 is not None and mine != spec.settings_sha256:
             raise EngineMismatchError(
                 f"the worker on {node_name()} has another engine folder or other library versions than the "
                 "driver (settings sha256 differs); give every node the same engines and the same vald install"
@@ -48,6 +54,19 @@ class EngineWorker:
         from vald.app import compute_one
 
         return compute_one(source, self.engines, self.provenance, self.spec.run, options=self.spec.options)
+
+    def counterfactual(self, image: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Counterfactual and signed map of one image at model resolution (``vald eval``'s unit of work)."""
+        from vald.attribution import attribute
+
+        result = attribute(self.engines, image, self.spec.run)
+        return result.counterfactual, result.signed_map
+
+    def call(self, method: str, payload: Any) -> Any:
+        """One of the worker's methods by name (``compute`` or ``counterfactual``), as a task names it."""
+        if method not in METHODS:
+            raise ValueError(f"no worker method {method!r}")
+        return getattr(self, method)(payload)
 
     def ready(self) -> str:
         """Where this worker runs (answered once its engines are open)."""

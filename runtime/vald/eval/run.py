@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald import strictjson
-from vald.app import open_engines
-from vald.attribution import attribute
-from vald.config import RunConfig
-from vald.errors import InputError
+from vald.app import describe_engines
+from vald.cluster.executor import Executor, LocalExecutor, Task
+from vald.cluster.worker import WorkerSpec
+from vald.config import DEFAULT_OUTPUTS, RunConfig
+from vald.errors import ClusterError, InputError
 from vald.eval.classifier import Classifier
 from vald.eval.dataset import Case, EvalSet
 from vald.eval.fid import fid
@@ -103,28 +104,53 @@ def evaluate(
     classifier: Classifier | None = None,
     environment: dict[str, Any] | None = None,
     log: Log = print,
+    executor: Executor | None = None,
 ) -> Path:
-    """Run the evaluation; returns the path of ``eval.json``."""
+    """Run the evaluation; returns the path of ``eval.json``.
+
+    ``executor``: where the counterfactuals are computed (a Ray executor for ``vald eval --cluster``); by
+    default a worker in this process.  The metrics are computed here, in the cases' order.
+    """
     started = time.perf_counter()
-    engines, provenance = open_engines(engines_dir, cfg)
-    size = engines.model.image_size
+    provenance = describe_engines(engines_dir, cfg)
+    local = executor is None
+    runner = LocalExecutor(WorkerSpec(engines_dir, cfg, DEFAULT_OUTPUTS, None)) if executor is None else executor
+    if isinstance(runner, LocalExecutor):
+        provenance["sessions"] = runner.worker.provenance["sessions"]
+    size = int(provenance["model"]["image_size"])
+    in_flight: dict[int, tuple[Case, F32, tuple[int, ...]]] = {}
+
+    def tasks() -> Iterator[Task]:
+        for k, case in enumerate(data.abnormal, start=1):
+            image = read_image(case.image)
+            x = Letterbox.fit(image.shape, size).to_model(image)
+            in_flight[k] = (case, x, image.shape)
+            yield Task(k, x, "counterfactual")
+
     rows: list[dict[str, Any]] = []
-    counterfactuals: dict[str, list[F32]] = {}
-    for k, case in enumerate(data.abnormal, start=1):
-        image = read_image(case.image)
-        x = Letterbox.fit(image.shape, size).to_model(image)
-        result = attribute(engines, x, cfg)
-        cf, signed = result.counterfactual, result.signed_map
-        row: dict[str, Any] = {"index": k, "class": case.label, "image_sha256": sha256_file(case.image)[:16]}
-        row |= _case_metrics(case, x, cf, signed, size, image.shape, k)
-        if classifier is not None:
-            row |= _classifier_metrics(classifier, case.label, x, cf)
-        rows.append(row)
-        counterfactuals.setdefault(case.label, []).append(cf)
-        log(f"eval: [{k}/{len(data.abnormal)}] {case.label}")
+    counterfactuals: dict[str, list[tuple[int, F32]]] = {}
+    try:
+        for outcome in runner.map(tasks()):
+            case, x, shape = in_flight.pop(outcome.index)
+            if not isinstance(outcome.value, tuple):
+                raise ClusterError(f"case #{outcome.index} ({case.label}): {outcome.error}")
+            cf, signed = outcome.value
+            row: dict[str, Any] = {"index": outcome.index, "class": case.label}
+            row["image_sha256"] = sha256_file(case.image)[:16]
+            row |= _case_metrics(case, x, cf, signed, size, shape, outcome.index)
+            if classifier is not None:
+                row |= _classifier_metrics(classifier, case.label, x, cf)
+            rows.append(row)
+            counterfactuals.setdefault(case.label, []).append((outcome.index, cf))
+            log(f"eval: [{len(rows)}/{len(data.abnormal)}] {case.label}")
+    finally:
+        if local:
+            runner.close()
+    rows.sort(key=lambda row: int(row["index"]))
+    counterfactuals = {label: sorted(pairs, key=lambda p: p[0]) for label, pairs in counterfactuals.items()}
     table = {label: {"n": float(len(group)), **_mean(group)} for label in data.classes for group in [_of(rows, label)]}
     table["overall"] = {"n": float(len(rows)), **_mean(rows)}
-    fid_info = _fid(data, counterfactuals, inception, size, table)
+    fid_info = _fid(data, {k: [cf for _, cf in v] for k, v in counterfactuals.items()}, inception, size, table)
     report = {
         "caution": "research use; not for diagnostic use",
         "dataset": {"classes": data.classes, "abnormal": len(data.abnormal), "normal": len(data.normal)},
@@ -133,7 +159,8 @@ def evaluate(
         "classifier": None if classifier is None else {"classes": classifier.classes, "input_size": classifier.size},
         "table": table,
         "rows": rows,
-        "engines": {k: provenance[k] for k in ("model_sha256", "engine_files_sha256", "sessions", "schedule")},
+        "engines": {k: provenance.get(k) for k in ("model_sha256", "engine_files_sha256", "sessions", "schedule")},
+        "executor": runner.name,
         "environment": environment or {},
         "seconds": time.perf_counter() - started,
     }

@@ -17,6 +17,10 @@ allowed_addresses = ["10.0.0.5"]      # optional
 [run]                                 # the settings of `vald run --config`
 strength = 0.7
 
+[cluster]                             # optional: process on a Ray cluster (vald[cluster]; see docs/cluster.md)
+address = "10.0.0.10:6379"            # the head's host:port, or "auto"
+workers = 2                           # instances in flight; each worker reserves `threads` CPUs (or a GPU)
+
 [[destination]]
 name = "pacs"
 kind = "dimse"                        # C-STORE SCU; or kind = "stow" with url = "http://..."
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from vald.config import RunConfig, check_seg_type, read_toml
+from vald.cluster.ray_executor import ClusterConfig
+from vald.config import Provider, RunConfig, check_seg_type, read_toml
 from vald.errors import ConfigError
 
 MB = 1024 * 1024
@@ -156,6 +161,7 @@ class NodeConfig:
     listen: Listen = field(default_factory=Listen)
     destinations: tuple[Destination, ...] = ()
     delivery: Delivery = field(default_factory=Delivery)
+    cluster: ClusterConfig | None = None  # process on a Ray cluster ([cluster]); None: in the node's process
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -168,7 +174,7 @@ class NodeConfig:
         data = dict(data)
         known = [
             "engines", "out", "spool", "segmentation", "seg_type", "parametric_map", "report",
-            "listen", "run", "destination", "delivery",
+            "listen", "run", "destination", "delivery", "cluster",
         ]  # fmt: skip
         engines = _path(data.pop("engines", "engines/demo"), "engines", base)
         out = _path(data.pop("out", None), "out", base)
@@ -185,6 +191,7 @@ class NodeConfig:
         if len({d.name for d in destinations}) != len(destinations):
             raise ConfigError("destination names must be unique")
         delivery = _delivery(_table(data.pop("delivery", {}), "delivery"))
+        cluster = _cluster(_table(data.pop("cluster"), "cluster"), run) if "cluster" in data else None
         _no_more(data, "the node config", known)
         if spool.resolve() == out.resolve() or spool.resolve().is_relative_to(out.resolve()):
             raise ConfigError("spool must not be the out folder or inside it")
@@ -200,6 +207,7 @@ class NodeConfig:
             listen=listen,
             destinations=destinations,
             delivery=delivery,
+            cluster=cluster,
         )
 
 
@@ -293,6 +301,18 @@ def _destination(data: dict[str, Any], index: int) -> Destination:
         raise ConfigError(f"{where}kind={kind!r} must be 'dimse' (C-STORE) or 'stow' (STOW-RS)")
     _no_more(data, f"[[destination]] {name}", ["name", "kind", "ae_title", "host", "port", "url"])
     return dest
+
+
+def _cluster(data: dict[str, Any], run: RunConfig) -> ClusterConfig:
+    """``[cluster]``: address (required), workers (1), threads (the run's threads, else 1)."""
+    address = data.pop("address", None)
+    if not isinstance(address, str):
+        raise ConfigError("[cluster] address must be 'auto' or the Ray head's \"host:port\"")
+    workers = _number(data, "workers", 1, "[cluster] ", low=1, integer=True)
+    threads = _number(data, "threads", run.threads or 1, "[cluster] ", low=1, integer=True)
+    _no_more(data, "[cluster]", ["address", "workers", "threads"])
+    gpu = run.provider in (Provider.CUDA, Provider.TENSORRT)
+    return ClusterConfig(address=address, workers=int(workers), threads=int(threads), gpu=gpu)
 
 
 def _delivery(data: dict[str, Any]) -> Delivery:

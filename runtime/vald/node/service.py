@@ -37,8 +37,13 @@ def serve(cfg: NodeConfig, *, quiet: bool = False) -> int:
         stack.enter_context(claim(cfg.spool))
         spool = Spool(cfg.spool, cfg.listen.spool_limit_bytes)
         spool.prepare()
-        job = Job.open(cfg)
-        worker = Worker(cfg, spool, job)
+        if cfg.cluster is None:
+            worker = Worker(cfg, spool, Job.open(cfg))
+        else:  # the computing on a Ray cluster; receiving, publishing and delivering stay here
+            from vald.node.cluster_worker import ClusterWorker
+
+            worker = ClusterWorker.open(cfg, spool)
+        stack.callback(worker.close)
         receiver = Receiver(cfg.listen, spool, on_received=worker.wake.set)
         host, port = receiver.start()
         stack.callback(receiver.stop)

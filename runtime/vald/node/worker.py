@@ -46,13 +46,7 @@ class Job:
     @classmethod
     def open(cls, cfg: NodeConfig) -> Job:
         """Open the engine folder (a broken one stops the node at start, not at the first study)."""
-        options = OutputOptions(
-            dicom=True,
-            segmentation=cfg.segmentation,
-            seg_type=cfg.seg_type,
-            report=cfg.report,
-            parametric_map=cfg.parametric_map,
-        )
+        options = node_options(cfg)
         engines, provenance = open_engines(cfg.engines, cfg.run)
         sha = settings_sha256(cfg.run, provenance, "attribution", options)
         return cls(cfg.out, cfg.run, options, engines, provenance, sha)
@@ -64,6 +58,17 @@ class Job:
     def process(self, source: Source, entry: Entry) -> Path:
         """The counterfactual and map of one instance, written as ``vald run`` writes them."""
         return run_one(source, self.out, self.engines, self.provenance, self.run, options=self.options)
+
+
+def node_options(cfg: NodeConfig) -> OutputOptions:
+    """The derived objects the node writes and sends."""
+    return OutputOptions(
+        dicom=True,
+        segmentation=cfg.segmentation,
+        seg_type=cfg.seg_type,
+        report=cfg.report,
+        parametric_map=cfg.parametric_map,
+    )
 
 
 class Worker:
@@ -97,6 +102,9 @@ class Worker:
                 time.sleep(OUTPUT_ERROR_PAUSE_S)
         return True
 
+    def close(self) -> None:
+        """Release what the worker holds (the engines go with the process)."""
+
     def _idle_wait(self) -> float:
         waits = [
             t.next_try - time.time()
@@ -113,6 +121,10 @@ class Worker:
         entry = Entry(self.count)
         LOG.info("instance %s: processing", key)
         handle_one(path, entry, self.job.out, self.job.settings_sha, self.job.load, self.job.process)
+        self.after(path, inode, key, entry)
+
+    def after(self, path: Path, inode: int, key: str, entry: Entry) -> None:
+        """An instance's outcome: a dead letter, or its result queued for delivery; then its spooled copy goes."""
         if entry.status == Status.FAILED:
             reason = {"stage": "processing", "error": entry.error, "input_sha256": entry.input_sha256}
             self.spool.dead_letter(key, reason, {"input.dcm": path})
