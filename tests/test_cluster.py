@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -242,6 +243,51 @@ def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_node_kill
         pacs.stop()
 
 
+@pytest.mark.skipif(shutil.which("Orthanc") is None or shutil.which("storescu") is None, reason="needs Orthanc, DCMTK")
+def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_head_kill(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dicomnet import Node, Orthanc, node_toml, send_storescu
+
+    for name, value in cluster.env.items():
+        if name.startswith("RAY_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "10")  # Ray's own wait for a lost head
+    net = cluster.net
+    port = net.free_port()
+    pacs = Orthanc(net, tmp_path / "orthanc", aet="PACS", known={"vald": ("VALD", port)})
+    destinations = [{"name": "pacs", "kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.dicom_port}]
+    config = node_toml(tmp_path, port, destinations, steps=200)
+    config.write_text(config.read_text() + f'\n[cluster]\naddress = "{cluster.address}"\nworkers = 2\nthreads = 1\n')
+    node = Node(net, config, tmp_path / "node.log")
+    sources = [SAMPLES / f"{n}.dcm" for n in ("normal", "nodule", "consolidation")]
+    try:
+        node.start()
+        send_storescu(net, sources, port)
+        wait_for(lambda: node.log().count("processing on the cluster") >= 2, 120, "two instances in flight")
+        assert cluster.kill_head() > 0
+        assert node.process is not None
+        wait_for(lambda: node.process.poll() is not None, 120, "the node to stop after losing the head")
+        print("node exit status after the head was lost:", node.process.returncode)
+        cluster.restart()
+        node.start()  # as systemd's Restart=on-failure would
+        wait_for(lambda: node.status()["counts"]["done"] == 3, 300, "3 instances done after the restart")
+        events = [json.loads(x) for x in (tmp_path / "spool" / "events.jsonl").read_text().splitlines()]
+        keys = {e["key"] for e in events if e["event"] == "received"}
+        assert len(keys) == 3
+        for key in keys:
+            assert [e["event"] for e in events if e["key"] == key and e["event"] in ("processed", "sent")] == [
+                "processed",
+                "sent",
+            ]
+        assert len(pacs.instances()) == 3 * 6
+        assert node.kill(signal.SIGTERM) == 0
+    finally:
+        if node.process and node.process.poll() is None:
+            node.kill()
+        pacs.stop()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -272,3 +318,30 @@ def test_another_ray_auth_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_runtime_does_not_import_ray() -> None:
     code = "import sys, vald.cli, vald.app, vald.cluster.batch, vald.cluster.run; print('ray' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed (apt-get install strace)")
+def test_a_cluster_run_connects_only_to_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    trace = tmp_path / "trace.txt"
+    argv = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=connect",
+        "-o",
+        str(trace),
+        str(VALD),
+        "run",
+        str(SAMPLES / "normal.png"),
+    ]
+    argv += ["--engines", str(REPO / "engines" / "demo"), "--out", str(tmp_path / "o"), "--threads", "1", "--quiet"]
+    done = cluster.net.run([*argv, "--cluster", cluster.address], env=cluster.env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    calls = [line for line in trace.read_text().splitlines() if "AF_INET" in line]
+    addresses = {
+        m.removeprefix("::ffff:")
+        for line in calls
+        for m in re.findall(r'inet_(?:addr|pton)\((?:AF_INET6?, )?"([^"]+)"', line)
+    }
+    assert calls and addresses <= {"127.0.0.2", "127.0.0.3"}, sorted(addresses)
