@@ -39,10 +39,8 @@ class Cluster:
         }
         self.port = net.free_port()
         self.address = f"{HEAD}:{self.port}"
-        common = ["--disable-usage-stats", "--include-dashboard=false"]
-        self._start([str(RAY), "start", "--head", "--node-ip-address", HEAD, "--port", str(self.port), *common,
-                     "--num-cpus", str(cpus[0]), "--temp-dir", str(self.temp)])  # fmt: skip
         self.head_cpus, self.worker_cpus = cpus[0], cpus[1] if len(cpus) > 1 else 0
+        self.start_head()
         if self.worker_cpus:
             self.start_worker_node()
         self.sessions = self.session_dirs()
@@ -51,22 +49,22 @@ class Cluster:
         """SIGKILL the head's processes (those under its temp folder) and what they started; how many."""
         victims = {pid for pid, line in self.processes().items() if str(self.temp) in line}
         victims |= {pid for pid, line in self.processes().items() if pid in victims or line.startswith("ray::")}
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
+        _kill(victims)
         return len(victims)
 
     def restart(self) -> None:
         """Stop every process of the cluster, then start the head (same address) and the second node again."""
         self.stop(keep_files=True)
         (self.temp / "ray_current_cluster").unlink(missing_ok=True)  # the killed head's, or `ray start` refuses
+        self.start_head()
+        if self.worker_cpus:
+            self.start_worker_node()
+
+    def start_head(self) -> None:
+        """Start the head on 127.0.0.2 (no dashboard, usage stats off, its temp folder)."""
         self._start([str(RAY), "start", "--head", "--node-ip-address", HEAD, "--port", str(self.port),
                      "--disable-usage-stats", "--include-dashboard=false", "--num-cpus", str(self.head_cpus),
                      "--temp-dir", str(self.temp)])  # fmt: skip
-        if self.worker_cpus:
-            self.start_worker_node()
 
     def start_worker_node(self) -> None:
         """(Re)start the second node on 127.0.0.3."""
@@ -121,24 +119,24 @@ class Cluster:
     def kill_worker_node(self) -> int:
         """SIGKILL the second node's raylet and everything under it; how many processes."""
         victims = set(self.processes(node=WORKER))
-        for pid in victims:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
+        _kill(victims)
         return len(victims)
 
     def stop(self, *, keep_files: bool = False) -> None:
         """SIGKILL every process of the cluster and wait for them to end; remove its folders unless ``keep_files``."""
         pids = self.pids()
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
+        _kill(pids)
         wait_for(lambda: not self.pids(), 30, "every Ray process of the test cluster to end")
         if keep_files:
             return
         for folder in self.sessions:
             shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _kill(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue

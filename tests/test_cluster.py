@@ -19,9 +19,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dicomnet import REPO, Netns, wait_for
+from dicomnet import REPO, Netns, send_storescu, wait_for
 from raycluster import Cluster
 
 pytest.importorskip("ray")
@@ -196,22 +197,27 @@ def test_vald_eval_on_the_cluster_scores_as_the_local_run(cluster: Cluster, tmp_
     assert (a["executor"], b["executor"]) == ("local", "ray")
 
 
-@pytest.mark.skipif(shutil.which("Orthanc") is None or shutil.which("storescu") is None, reason="needs Orthanc, DCMTK")
-def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_node_kill_and_a_worker_node_kill(
-    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from dicomnet import Node, Orthanc, node_toml, send_storescu
+def _node_on(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *, steps: int) -> tuple[Any, Any, int]:
+    """A `vald serve` with a [cluster] section (2 workers) and an Orthanc destination, in the cluster's namespace."""
+    from dicomnet import Node, Orthanc, node_toml
 
     for name, value in cluster.env.items():
         if name.startswith("RAY_"):
             monkeypatch.setenv(name, value)
-    net = cluster.net
-    port = net.free_port()
-    pacs = Orthanc(net, tmp_path / "orthanc", aet="PACS", known={"vald": ("VALD", port)})
+    port = cluster.net.free_port()
+    pacs = Orthanc(cluster.net, tmp_path / "orthanc", aet="PACS", known={"vald": ("VALD", port)})
     destinations = [{"name": "pacs", "kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.dicom_port}]
-    config = node_toml(tmp_path, port, destinations, steps=60)
+    config = node_toml(tmp_path, port, destinations, steps=steps)
     config.write_text(config.read_text() + f'\n[cluster]\naddress = "{cluster.address}"\nworkers = 2\nthreads = 1\n')
-    node = Node(net, config, tmp_path / "node.log")
+    return Node(cluster.net, config, tmp_path / "node.log"), pacs, port
+
+
+@pytest.mark.skipif(shutil.which("Orthanc") is None or shutil.which("storescu") is None, reason="needs Orthanc, DCMTK")
+def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_node_kill_and_a_worker_node_kill(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node, pacs, port = _node_on(cluster, tmp_path, monkeypatch, steps=60)
+    net = cluster.net
     first = [SAMPLES / f"{n}.dcm" for n in ("normal", "nodule", "consolidation", "effusion")]
     try:
         node.start()
@@ -247,19 +253,9 @@ def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_node_kill
 def test_the_node_on_the_cluster_delivers_each_instance_once_through_a_head_kill(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dicomnet import Node, Orthanc, node_toml, send_storescu
-
-    for name, value in cluster.env.items():
-        if name.startswith("RAY_"):
-            monkeypatch.setenv(name, value)
     monkeypatch.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "10")  # Ray's own wait for a lost head
+    node, pacs, port = _node_on(cluster, tmp_path, monkeypatch, steps=200)
     net = cluster.net
-    port = net.free_port()
-    pacs = Orthanc(net, tmp_path / "orthanc", aet="PACS", known={"vald": ("VALD", port)})
-    destinations = [{"name": "pacs", "kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.dicom_port}]
-    config = node_toml(tmp_path, port, destinations, steps=200)
-    config.write_text(config.read_text() + f'\n[cluster]\naddress = "{cluster.address}"\nworkers = 2\nthreads = 1\n')
-    node = Node(net, config, tmp_path / "node.log")
     sources = [SAMPLES / f"{n}.dcm" for n in ("normal", "nodule", "consolidation")]
     try:
         node.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vald.dicom.writer import MANUFACTURER, NOT_FOR_DIAGNOSIS, SERIES, Provenance, _conditional, _uids
+from vald.dicom.writer import NOT_FOR_DIAGNOSIS, SERIES, Provenance, _conditional, identity
 from vald.render import diverging
 
 ENTRIES = 256
@@ -33,17 +33,9 @@ def map_colours(header: Any, pmap: Any, vmax: float, prov: Provenance) -> Any:
     import highdicom as hd
 
     kind = prov.kind("map-colours")
-    series_uid, sop_uid = _uids(header, kind, prov)
     ds = hd.pr.PseudoColorSoftcopyPresentationState(
         referenced_images=[pmap],
-        series_instance_uid=series_uid,
-        series_number=SERIES[kind][0],
-        sop_instance_uid=sop_uid,
-        instance_number=int(header.get("InstanceNumber", 1) or 1),
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"vald model sha256 {prov.model_sha256[:16]}",
-        software_versions=prov.version,
-        device_serial_number="none",
+        **identity(header, kind, prov),
         palette_color_lut_transformation=diverging_palette(),
         content_label="VALD_COLOURS",
         content_description=f"{NOT_FOR_DIAGNOSIS}: red M>0, blue M<0"[:64],

@@ -27,7 +27,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vald.dicom.writer import (
-    MANUFACTURER,
     NOT_FOR_DIAGNOSIS,
     SERIES,
     Provenance,
@@ -35,8 +34,8 @@ from vald.dicom.writer import (
     _equipment,
     _reference,
     _source_copy,
-    _uids,
     derived_uid,
+    identity,
     pixel_measures,
 )
 from vald.errors import ValdError
@@ -71,7 +70,6 @@ def attribution_pmap(header: Any, signed_map: NDArray[np.float32], vmax: float, 
     pixels = np.ascontiguousarray(signed_map, dtype=np.float32)
     source, frame = _geometry_source(header, prov)
     kind = prov.kind("parametric-map")
-    series_uid, sop_uid = _uids(header, kind, prov)
     label = "M" if prov.task != "induction" else "induced M"
     mapping = hd.pm.RealWorldValueMapping(
         lut_label=label,
@@ -84,14 +82,7 @@ def attribution_pmap(header: Any, signed_map: NDArray[np.float32], vmax: float, 
     ds = hd.pm.ParametricMap(
         source_images=[source],
         pixel_array=pixels,
-        series_instance_uid=series_uid,
-        series_number=SERIES[kind][0],
-        sop_instance_uid=sop_uid,
-        instance_number=int(header.get("InstanceNumber", 1) or 1),
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"vald model sha256 {prov.model_sha256[:16]}",
-        software_versions=prov.version,
-        device_serial_number="none",
+        **identity(header, kind, prov),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[

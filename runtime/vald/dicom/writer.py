@@ -131,6 +131,21 @@ def _uids(header: Any, kind: str, prov: Provenance) -> tuple[str, str]:
     return series, sop
 
 
+def identity(header: Any, kind: str, prov: Provenance) -> dict[str, Any]:
+    """The series, instance and equipment arguments highdicom's SEG, PMAP and presentation state classes take."""
+    series_uid, sop_uid = _uids(header, kind, prov)
+    return {
+        "series_instance_uid": series_uid,
+        "series_number": SERIES[kind][0],
+        "sop_instance_uid": sop_uid,
+        "instance_number": int(header.get("InstanceNumber", 1) or 1),
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": f"vald model sha256 {prov.model_sha256[:16]}",
+        "software_versions": prov.version,
+        "device_serial_number": "none",
+    }
+
+
 def _equipment(prov: Provenance) -> Any:
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -266,7 +281,6 @@ def attribution_seg(
     check_seg_type(seg_type)
     source = _source_copy(header, drop=("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing"))
     kind = prov.kind("segmentation")
-    series_uid, sop_uid = _uids(header, kind, prov)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="vald", family=codes.cid7162.ArtificialIntelligence, version=prov.version
     )
@@ -293,14 +307,7 @@ def attribution_seg(
         pixel_array=pixels,
         segmentation_type=seg_type.upper(),
         segment_descriptions=[segment],
-        series_instance_uid=series_uid,
-        series_number=SERIES[kind][0],
-        sop_instance_uid=sop_uid,
-        instance_number=int(header.get("InstanceNumber", 1) or 1),
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=f"vald model sha256 {prov.model_sha256[:16]}",
-        software_versions=prov.version,
-        device_serial_number="none",
+        **identity(header, kind, prov),
         content_description=f"{NOT_FOR_DIAGNOSIS}: {what}"[:64],
         contributing_equipment=[_equipment(prov)],
         omit_empty_frames=False,
