@@ -88,7 +88,7 @@ class Cluster:
             if (str(self.temp) in line or self.address in line)
             and (node is None or node in line)
             and "pytest" not in line
-            and "--cluster" not in line  # a vald driver that names the head
+            and "--cluster" not in line.split()  # a vald driver that names the head (not Ray's --cluster_id=)
         }
         changed = True
         while changed:

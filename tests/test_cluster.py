@@ -124,6 +124,46 @@ def _head(path: Path) -> bytes:
         return b""
 
 
+def test_an_input_whose_worker_dies_more_often_than_the_retries_fails_in_one_line(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    code = f"""
+import json, sys
+from pathlib import Path
+from vald.app import attribution_settings_sha256, describe_engines
+from vald.cluster.batch import run_on
+from vald.cluster.ray_executor import ClusterConfig, RayExecutor
+from vald.cluster.worker import WorkerSpec
+from vald.config import DEFAULT_OUTPUTS, RunConfig
+from vald.sources import load
+engines, cfg = Path({str(REPO / "engines" / "demo")!r}), RunConfig(threads=1, steps=400, strength=1.0)
+sha = attribution_settings_sha256(cfg, describe_engines(engines, cfg), DEFAULT_OUTPUTS)
+config = ClusterConfig(address={cluster.address!r}, workers=2, retries=0, start_timeout_s=60)
+executor = RayExecutor(WorkerSpec(engines, cfg, DEFAULT_OUTPUTS, sha), config)
+print("ready", flush=True)
+inputs = [Path({str(SAMPLES)!r}) / f"{{n}}.png" for n in ("normal", "nodule", "effusion", "cardiomegaly")]
+try:
+    summary = run_on(executor, inputs, Path({str(tmp_path / "out")!r}), sha, load)
+finally:
+    executor.close()
+print(json.dumps([[e.status, e.error] for e in summary.entries]))
+"""
+    run = cluster.net.popen([sys.executable, "-c", code], env=cluster.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None and run.stdout.readline().strip() == "ready"
+        time.sleep(2)  # both workers are computing their first input
+        assert cluster.kill_worker_node() > 0
+        out, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        cluster.start_worker_node()
+    entries = json.loads(out.strip().splitlines()[-1])
+    failed = [error for status, error in entries if status == "failed"]
+    assert len(failed) == 1 and [s for s, _ in entries].count("done") == 3, entries
+    assert failed[0].startswith("the Ray worker died 1 times computing this input (last on 127.0.0.3: ")
+
+
 def test_an_unreachable_cluster_is_one_line_and_exit_2_before_any_input_is_read(tmp_path: Path) -> None:
     started = time.monotonic()
     done = subprocess.run(
