@@ -228,6 +228,14 @@ def _plot(points: list[dict[str, Any]], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    _palette_png(path)
+
+
+def _palette_png(path: Path) -> None:
+    """Re-save a plot with a 64-colour palette (a third of the bytes; the repository stays small)."""
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def markdown(tables: dict[str, dict[str, dict[str, float]]], induced: dict[str, Any] | None = None) -> str:
