@@ -24,6 +24,7 @@ from vald.config import (
     DEFAULT_OUTPUTS,
     EXPORT_PRECISIONS,
     INDUCE_DEFAULTS,
+    PRESETS,
     SEG_TYPES,
     Backend,
     Loop,
@@ -118,6 +119,7 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--keep-mask", type=Path, help="mask at the input's size; its white region is held unchanged (one input)"
     )
     _cluster_flags(p)
+    _preset_flag(p)
     p = sub.add_parser("induce", help="add a named finding inside a mask (masked img2img)")
     p.add_argument("image", type=Path, help="input image: DICOM (CR/DX), PNG, JPEG or TIFF")
     p.add_argument("--mask", type=Path, required=True, help="mask image, same size as the input; white = inside")
@@ -192,6 +194,16 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--threads", type=int)
     p.add_argument("--quiet", action="store_true")
     _cluster_flags(p)
+    _preset_flag(p)
+
+
+def _preset_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="settings chosen by measurement: fast = fewest UNet evaluations within the default's quality "
+        "(docs/running.md); other flags override it",
+    )
 
 
 def _cluster_flags(p: argparse.ArgumentParser) -> None:
@@ -264,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
     cfg = RunConfig.from_toml(args.config, base) if args.config else base
+    if getattr(args, "preset", None):  # the preset over the file, the flags over both
+        cfg = cfg.with_preset(args.preset)
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
     names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads", "cuda_graph"]
     names += ["loop", "guidance_min_t"]

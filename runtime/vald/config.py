@@ -135,6 +135,7 @@ class RunConfig:
     threads: int = 0  # intra-op threads of the backend; 0 = one per CPU this process may use
     cuda_graph: bool = False  # capture the UNet in CUDA graphs (provider cuda; onnxruntime or tensorrt)
     loop: Loop = Loop.HOST  # the sampling loop on the host (float64 numpy) or on device arrays (float32)
+    preset: str = ""  # the named preset (PRESETS) whose settings were applied first; "" = none
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -179,7 +180,15 @@ class RunConfig:
             raise ConfigError("loop=cupy holds the latents on the GPU: it needs provider=cuda")
         if self.backend is Backend.TENSORRT and self.provider is not Provider.CUDA:
             raise ConfigError(f"backend=tensorrt runs on provider=cuda, not {self.provider.value}: add --provider cuda")
+        if self.preset not in ("", *PRESETS):
+            raise ConfigError(f"preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
         self._check_mode()
+
+    def with_preset(self, name: str) -> RunConfig:
+        """A copy with preset ``name``'s settings applied (settings given later override them)."""
+        if name not in PRESETS:
+            raise ConfigError(f"preset={name!r} is not one of: {', '.join(PRESETS)}")
+        return self.replace(preset=name, **PRESETS[name])
 
     def check_guidance_interval(self, timesteps: Sequence[int], train_timesteps: int) -> None:
         """ConfigError if guidance is asked for (> 1) but no step of the run (``timesteps``) lies in its interval."""
@@ -230,7 +239,11 @@ class RunConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return base.replace(**dict(data)) if base is not None else cls(**dict(data))
+        rest = {k: v for k, v in data.items() if k != "preset"}
+        start = base if base is not None else cls()
+        if data.get("preset"):  # the preset first, the file's other settings over it
+            start = start.with_preset(str(data["preset"]))
+        return start.replace(**rest)
 
     @classmethod
     def from_toml(cls, path: Path, base: RunConfig | None = None) -> RunConfig:
@@ -312,6 +325,12 @@ def check_seg_type(value: object) -> str:
 
 
 DEFAULT_OUTPUTS = OutputOptions()
+
+# Presets: settings over the defaults, chosen by measurement (vald.presets: the rule; the sweep:
+# benchmarks/preset_sweep.py, benchmarks/results/preset_sweep.json).
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"steps": 10, "guidance_min_t": 500},  # 23 UNet evaluations per counterfactual instead of 110
+}
 
 # Induction: the masked region re-synthesised from full noise toward the finding and away from a normal
 # description.  Chosen on 24 held-out phantoms separate from the benchmark's (the finding induced on its own
