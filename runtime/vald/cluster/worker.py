@@ -42,8 +42,8 @@ class EngineWorker:
 
         self.spec = spec
         self.engines, self.provenance = open_engines(spec.engines, spec.run)
-        mine = attribution_settings_sha256(spec.run, self.provenance, spec.options)
-        if spec.settings_sha256 is not None and mine != spec.settings_sha256:
+        expected = spec.settings_sha256
+        if expected is not None and attribution_settings_sha256(spec.run, self.provenance, spec.options) != expected:
             raise EngineMismatchError(
                 f"the worker on {node_name()} has another engine folder or other library versions than the "
                 "driver (settings sha256 differs); give every node the same engines and the same vald install"

@@ -112,11 +112,10 @@ def evaluate(
     default a worker in this process.  The metrics are computed here, in the cases' order.
     """
     started = time.perf_counter()
-    provenance = describe_engines(engines_dir, cfg)
     local = executor is None
     runner = LocalExecutor(WorkerSpec(engines_dir, cfg, DEFAULT_OUTPUTS, None)) if executor is None else executor
-    if isinstance(runner, LocalExecutor):
-        provenance["sessions"] = runner.worker.provenance["sessions"]
+    # a local worker has verified and opened the engines already; a cluster's driver verifies them here
+    provenance = runner.worker.provenance if isinstance(runner, LocalExecutor) else describe_engines(engines_dir, cfg)
     size = int(provenance["model"]["image_size"])
     in_flight: dict[int, tuple[Case, F32, tuple[int, ...]]] = {}
 
