@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
 
-.PHONY: setup demo node retrain bench bench-quick bench-attribution bench-eval test lint clean
+.PHONY: setup demo node retrain bench bench-quick bench-attribution bench-eval quantize-demo test lint clean
 
 setup: $(SETUP)
 
@@ -62,9 +62,21 @@ bench: setup
 bench-quick: setup
 	$(PY) benchmarks/latency.py --quick
 
-# Attribution quality on held-out phantoms (tables, JSON and the sweep plot in benchmarks/results).
-bench-attribution: setup
-	$(PY) benchmarks/attribution.py --engines engines/demo --out benchmarks/results
+# Attribution quality on held-out phantoms (tables, JSON and the sweep plot in benchmarks/results), with the
+# int8 rows from build/demo-int8.
+bench-attribution: setup build/demo-int8/int8/unet.xml
+	$(PY) benchmarks/attribution.py --engines engines/demo --int8-engines build/demo-int8 --out benchmarks/results
+
+# The demo model's UNet in int8: a copy of engines/demo in build/demo-int8, `vald quantize`d on the
+# trajectories of 20 phantoms from seeds no benchmark uses (offset 1500): about 4 minutes on 2 cores.
+quantize-demo: build/demo-int8/int8/unet.xml
+
+build/demo-int8/int8/unet.xml: $(SETUP) engines/demo/manifest.json
+	rm -rf build/demo-int8 build/calib-demo
+	mkdir -p build/demo-int8
+	cp -r engines/demo/fp32 engines/demo/tokenizer engines/demo/manifest.json build/demo-int8/
+	$(PY) -m vald_train.dataset build/calib-demo --per-type 4 --size 128 --offset 1500
+	$(VENV)/bin/vald quantize build/demo-int8 build/calib-demo/*/images
 
 # `vald eval` on 200 held-out phantoms (40 per type, PNG in the COVID-19 Radiography Database layout) with the
 # shipped phantom classifier; FID too when FID_WEIGHTS names a local pt_inception-2015-12-05-6726825d.pth.

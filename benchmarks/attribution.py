@@ -44,6 +44,20 @@ def methods(engines_dir: Path, base: RunConfig) -> dict[str, tuple[Method, RunCo
     return out
 
 
+def precision_methods(int8_engines: Path, base: RunConfig) -> dict[str, tuple[Method, RunConfig | None]]:
+    """The default and the fast preset at OpenVINO bf16 and int8 (an engine folder `vald quantize` wrote)."""
+    out: dict[str, tuple[Method, RunConfig | None]] = {}
+    for label, cfg in {
+        "default @ openvino bf16": base.replace(backend="openvino", precision="bf16"),
+        "default @ openvino int8": base.replace(backend="openvino", precision="int8"),
+        "fast preset @ onnxruntime fp32": base.with_preset("fast"),
+        "fast preset @ openvino int8": base.with_preset("fast").replace(backend="openvino", precision="int8"),
+    }.items():
+        engines, _ = open_engines(int8_engines, cfg)
+        out[label] = (runtime_method(engines, cfg), cfg)
+    return out
+
+
 def paired_rows(engines_dir: Path, base: RunConfig, per_type: int, size: int, mode: str) -> list[dict[str, Any]]:
     """Modes that need the finding's text: each case gets its own report as ``finding_prompt``."""
     engines, _ = open_engines(engines_dir, base)
@@ -278,6 +292,11 @@ def main() -> None:
     parser.add_argument("--paired-per-type", type=int, default=40, help="the same for paired-noise (3 seeds: slow)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--no-sweep", action="store_true")
+    parser.add_argument(
+        "--int8-engines",
+        type=Path,
+        help="also the default and the fast preset at OpenVINO bf16 and int8 from this folder (`make quantize-demo`)",
+    )
     parser.add_argument("--sweep-only", action="store_true", help="only the strength × guidance sweep")
     parser.add_argument(
         "--interval-sweep", action="store_true", help="only the guidance × guidance-interval grid (interval_sweep.json)"
@@ -343,6 +362,9 @@ def main() -> None:
     runs["paired-noise (report as finding prompt, 3 seeds)"] = lambda: paired_rows(
         args.engines, base, args.paired_per_type, size, "paired"
     )
+    if args.int8_engines:
+        for name, (method, _) in precision_methods(args.int8_engines, base).items():
+            runs[name] = lambda m=method: score(m, cases(args.per_type, size))
     for name, run in runs.items():
         if args.only and args.only not in name:
             continue

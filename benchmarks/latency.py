@@ -7,10 +7,11 @@ benchmarks/results/latency-<model>-<mode>.{json,md}; a plot of the end-to-end ti
 - demo (engines/demo, 128²): default settings (inversion, strength 0.7 of 50 DDIM steps, guidance 8),
   then img2img with diffusers' own StableDiffusionImg2ImgPipeline, then one thread vs the default.
 - sd15-size (built from config with random weights: latency depends on the architecture, not the
-  weights): made and exported into build/ if absent (~12 min, ~11 GB peak RSS); 256² and 512² with
+  weights): made, exported and `vald quantize`d into build/ if absent (~25 min, ~11 GB peak RSS); the
+  PyTorch references and vald's CPU paths (SD_CONTENDERS) at 512² and 256², first at the defaults with
   --sd-steps (default 10, i.e. 7 sampler steps at strength 0.7: one default-settings run of the FP32
   contenders takes ~15 min per resolution on 2 cores, so the schedule is shortened; per-call UNet
-  times are reported and scale linearly with the step count).
+  times are reported, so the full default can be computed), then at --preset fast (10 steps: in full).
 
 --quick: the demo at 20 steps with 1 repeat and the SD1.5-size model at 256² with 4 steps and 1 repeat
 (about 15 minutes on 2 cores once the SD folder is exported).
@@ -33,11 +34,20 @@ def vald(*args: str) -> None:
     subprocess.run([*VALD, *args], check=True, cwd=ROOT)
 
 
-def ensure_sd15(folder: Path, engines: Path) -> None:
+def ensure_sd15(folder: Path, engines: Path, steps: int) -> None:
     if not (folder / "model_index.json").is_file():
         vald("make-sd15-model", str(folder))
     if not (engines / "manifest.json").is_file():
         vald("export", str(folder), "--out", str(engines))
+    if not (engines / "int8" / "unet.xml").is_file():  # calibrated on the benchmark's own schedule
+        config = engines / "calibration-run.toml"
+        config.write_text(f"steps = {steps}\n", encoding="utf-8")
+        samples = [str(ROOT / "engines" / "demo" / "samples" / f"{name}.png") for name in ("consolidation", "normal")]
+        vald("quantize", str(engines), *samples, "--config", str(config))
+
+
+# What the SD1.5-size rows compare (issue 25): the PyTorch references and vald's CPU paths.
+SD_CONTENDERS = "torch fp32,torch bf16,vald onnxruntime fp32,vald openvino bf16,vald openvino int8"
 
 
 def plot(out: Path) -> None:
@@ -100,13 +110,15 @@ def main() -> int:
             "vald onnxruntime fp32,vald openvino bf16,torch fp32",
         )
     if args.only in (None, "sd15"):
-        ensure_sd15(args.sd_folder, args.sd_engines)
+        ensure_sd15(args.sd_folder, args.sd_engines, args.sd_steps)
         sd = ["--engines", str(args.sd_engines), "--model", str(args.sd_folder), "--name", "sd15-size", "--out", out]
-        sizes = ["--size", "256"] if args.quick else ["--size", "256", "--size", "512"]
+        sizes = ["--size", "256"] if args.quick else ["--size", "512", "--size", "256"]
         # one warm run even in --quick: a cold run alone is dominated by first-call set-up (torch's first
         # batch-1 UNet call took 25-40 s at 256² in a cold-only quick run)
         steps = ["--steps", "4" if args.quick else str(args.sd_steps), "--repeats", "1"]
-        vald("bench", *sd, *sizes, *steps, "--quick", "--image", "engines/demo/samples/consolidation.png")
+        image = ["--image", "engines/demo/samples/consolidation.png", "--contenders", SD_CONTENDERS]
+        vald("bench", *sd, *sizes, *steps, *image)  # the defaults on a shortened schedule
+        vald("bench", *sd, *sizes, "--preset", "fast", "--repeats", "1", *image)  # the fast preset, in full
     plot(args.out)
     return 0
 

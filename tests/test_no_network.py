@@ -108,6 +108,25 @@ def test_openvino_run_opens_no_internet_socket(tmp_path: Path) -> None:
     assert list((tmp_path / "home").iterdir()) == []  # no consent or client-id files written to the home folder
 
 
+@needs_strace
+def test_quantize_opens_no_internet_socket(tmp_path: Path) -> None:
+    """NNCF reports usage through openvino_telemetry (Google Analytics) unless that is unimportable."""
+    pytest.importorskip("nncf")
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    for name in ("fp32", "tokenizer"):
+        shutil.copytree(DEMO / name, engines / name)
+    shutil.copy2(DEMO / "manifest.json", engines / "manifest.json")
+    args = ["quantize", str(engines), str(DEMO / "samples" / "consolidation.png"), "--preset", "fast"]
+    done, calls = _traced([*args, "--samples", "4"], tmp_path, "socket,connect,openat")
+    assert done.returncode == 0, done.stderr
+    assert "engines/manifest.json" in calls  # strace did follow the run
+    assert (engines / "int8" / "unet.xml").is_file()
+    internet = _internet(calls)
+    assert internet == [], "network sockets: " + "; ".join(internet[:3])
+    assert list((tmp_path / "home").iterdir()) == []
+
+
 def test_library_use_starts_no_telemetry(engines: Path, tmp_path: Path) -> None:
     """Without the CLI: ``import vald`` and open the engines (ORT writes its device id at start when on)."""
     code = (

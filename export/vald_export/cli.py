@@ -25,6 +25,22 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from vald.batch import collect
+    from vald.config import RunConfig
+    from vald_export.quantize import QuantizeRequest, quantize
+
+    run = RunConfig.from_toml(args.config) if args.config else RunConfig()
+    run = (run.with_preset(args.preset) if args.preset else run).replace(threads=args.threads)
+    request = QuantizeRequest(tuple(collect(args.images)), samples=args.samples, seed=args.seed, run=run)
+    entry = quantize(args.engines, request, say=lambda line: print(f"vald: {line}", flush=True))
+    error = entry["error_vs_fp32"]
+    rms = f", median relative error vs FP32 on {error['calls']} held-out calls {error['median_relative_rms_error']:.3g}"
+    rms = rms if error["calls"] else ""
+    print(f"vald: int8 UNet written to {args.engines / 'int8'}{rms}")
+    return 0
+
+
 def main(args: argparse.Namespace) -> int:
     """Dispatch ``export``, ``make-tiny-model`` and ``make-sd15-model``."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder only; never reach for a hub
@@ -42,6 +58,8 @@ def main(args: argparse.Namespace) -> int:
         return 0
     if args.command == "build":
         return _build(args)
+    if args.command == "quantize":
+        return _quantize(args)
     from vald_export.export import export_model
 
     precisions = tuple(Precision(p) for p in (args.precision or ["fp32", "fp16"]))

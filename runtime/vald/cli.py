@@ -167,6 +167,7 @@ def _bench_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         ("--config", Path, "TOML file of run settings"),
     ):
         p.add_argument(name, type=kind, help=text)
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named preset's settings under the flags above")
 
 
 def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -235,6 +236,18 @@ def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     p.add_argument("--size", type=int, help="model resolution in pixels (default: the model's)")
     p.add_argument("--mode", choices=[m.value for m in Mode], help="the run settings' mode whose shapes to cover")
     p.add_argument("--config", type=Path, help="TOML file of run settings whose shapes to cover")
+    p = sub.add_parser(
+        "quantize",
+        help="the UNet in int8 for --backend openvino --precision int8, calibrated on the model's own "
+        "trajectories for the given images (needs vald[quantize])",
+    )
+    p.add_argument("engines", type=Path, help="engine folder written by `vald export` (the int8 UNet goes into it)")
+    p.add_argument("images", type=Path, nargs="+", help="calibration images or folders (PNG, JPEG, TIFF, DICOM)")
+    p.add_argument("--samples", type=int, default=128, help="recorded UNet calls to calibrate on (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="which recorded calls are drawn (default 0)")
+    p.add_argument("--config", type=Path, help="TOML file of run settings whose trajectories to record")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="record the trajectories of a preset's settings")
+    p.add_argument("--threads", type=int, default=0, help="threads (0: one per CPU this process may use)")
     p = sub.add_parser("make-tiny-model", help="write a small random-weight diffusers folder (tests, demo)")
     p.add_argument("out", type=Path)
     p.add_argument("--seed", type=int, default=0)
@@ -439,7 +452,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     count = manifest.verify_all().hashed
     for rel in clear_derived(args.engines):
         print(f"vald: cached file {rel} was altered since it was written (its sha256 differs); removed")
-    sets = ", ".join(p.value for p in manifest.precisions) or "none"
+    sets = ", ".join(p.value for p in manifest.precisions + manifest.quantised) or "none"
     print(
         f"vald: {args.engines}: {count} file(s) match {MANIFEST_NAME} (graph sets: {sets}); stamps renewed, "
         "optimised graphs cleared (rebuilt on the next start)"
@@ -454,7 +467,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from vald.manifest import Manifest
 
     cfg = RunConfig.from_toml(args.config) if args.config else RunConfig()
-    cfg = cfg.replace(
+    cfg = (cfg.with_preset(args.preset) if args.preset else cfg).replace(
         mode=args.mode,
         steps=args.steps,
         strength=args.strength,

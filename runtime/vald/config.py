@@ -72,15 +72,18 @@ class Precision(StrEnum):
     FP32 = "fp32"
     FP16 = "fp16"
     BF16 = "bf16"
+    INT8 = "int8"
 
 
 EXPORT_PRECISIONS = (Precision.FP32, Precision.FP16)  # graph sets `vald export` writes
 
 # Precisions each backend runs.  ONNX Runtime: the FP32 or FP16 graph set; OpenVINO: the FP32 graphs
-# with inference precision f32 or bf16; torch: float32 modules, bf16 under CPU autocast, fp16 on CUDA.
+# with inference precision f32 or bf16, or int8: the UNet `vald quantize` wrote, its float remainder and the
+# other networks at the CPU's best float precision (bf16 where it has it); torch: float32 modules, bf16
+# under CPU autocast, fp16 on CUDA.
 BACKEND_PRECISIONS = {
     Backend.ONNXRUNTIME: (Precision.FP32, Precision.FP16),
-    Backend.OPENVINO: (Precision.FP32, Precision.BF16),
+    Backend.OPENVINO: (Precision.FP32, Precision.BF16, Precision.INT8),
     Backend.TORCH: (Precision.FP32, Precision.BF16, Precision.FP16),
     Backend.TENSORRT: (Precision.FP16, Precision.FP32),
 }

@@ -27,6 +27,7 @@ from vald.strictjson import restore_non_finite
 MANIFEST_NAME = "manifest.json"
 BUNDLED_MODEL = "model"  # an engine folder may carry its source diffusers folder here (engines/demo does)
 FORMAT_VERSION = 1
+QUANTISED = (Component.UNET,)  # what `vald quantize` quantises: the UNet is >90 % of a counterfactual's work
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -180,11 +181,16 @@ class Manifest:
         return path  # as the folder was named (relative stays relative): callers relate it to ``root``
 
     def _files(self, component: Component, precision: Precision) -> Mapping[str, str]:
+        if precision is Precision.INT8 and component not in QUANTISED:
+            precision = Precision.FP32  # an int8 set quantises the UNet; the others run from the FP32 graphs
         try:
             entry = self.data["components"][component.value]["precisions"][precision.value]
             files = dict(entry["files"])
         except KeyError:
-            raise EngineMismatchError(f"engine folder has no {precision} {component} (see {MANIFEST_NAME})") from None
+            hint = "; run `vald quantize` on it first" if precision is Precision.INT8 else ""
+            raise EngineMismatchError(
+                f"engine folder has no {precision} {component} (see {MANIFEST_NAME}){hint}"
+            ) from None
         except (TypeError, ValueError, AttributeError):
             raise EngineMismatchError(f"{MANIFEST_NAME} entry of the {precision} {component} is malformed") from None
         if not files or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
@@ -197,6 +203,12 @@ class Manifest:
         found = [set(c.get("precisions", {})) for c in self.data["components"].values()]
         common = set.intersection(*found) if found else set()
         return tuple(p for p in Precision if p.value in common)
+
+    @property
+    def quantised(self) -> tuple[Precision, ...]:
+        """Quantised graph sets the folder holds (``vald quantize``): int8 when its UNet is there."""
+        unet = self.data["components"].get(Component.UNET.value, {}).get("precisions", {})
+        return (Precision.INT8,) if Precision.INT8.value in unet else ()
 
     def graph_path(self, component: Component, precision: Precision) -> Path:
         """Path of the ONNX graph (its first file) for one component and precision."""
@@ -229,7 +241,7 @@ class Manifest:
     def verify_all(self) -> Verification:
         """Re-hash every file of every graph set and the tokenizer, ignoring stamps (``vald verify``)."""
         expected: dict[str, str] = {}
-        for precision in self.precisions or (None,):
+        for precision in self.precisions + self.quantised or (None,):
             expected |= self.engine_hashes(precision)
         return self.verify_files(expected, rehash=True)
 

@@ -91,11 +91,11 @@ def write_dicom(p: Phantom, path: Path, *, monochrome1: bool, bits: int = 12) ->
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_set(out: Path, per_type: int, size: int, *, dicom: bool) -> int:
+def write_set(out: Path, per_type: int, size: int, *, dicom: bool, offset: int = 900) -> int:
     """Held-out phantoms of every type to ``out``; returns the number of cases."""
     rows = []
     for kind in Finding:
-        for k, seed in enumerate(held_out_seeds(per_type, kind, offset=900)):
+        for k, seed in enumerate(held_out_seeds(per_type, kind, offset=offset)):
             p = make_phantom(seed, size, kind)
             write_png_case(p, out)
             if dicom:
@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-type", type=int, default=20)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--dicom", action="store_true")
+    parser.add_argument("--offset", type=int, default=900, help="held-out seed offset (900: the vald eval set)")
     args = parser.parse_args(argv)
-    print(write_set(args.out, args.per_type, args.size, dicom=args.dicom), "cases written to", args.out)
+    written = write_set(args.out, args.per_type, args.size, dicom=args.dicom, offset=args.offset)
+    print(written, "cases written to", args.out)
     return 0
 
 

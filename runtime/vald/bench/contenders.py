@@ -40,6 +40,11 @@ class Contender:
                 return f"diffusers' img2img pipeline has no {cfg.mode.value} mode (run the bench with --mode img2img)"
             if cfg.guidance_min_t:
                 return "diffusers' pipeline guides every step (run the bench with --guidance-min-t 0)"
+        if self.precision is Precision.INT8:
+            from vald.sessions.openvino import INT8_UNITS, cpu_flags
+
+            if not cpu_flags() & set(INT8_UNITS):
+                return "this CPU has no int8 dot-product units (VNNI or AMX)"
         if self.provider == "cuda" and not cuda:
             return "no CUDA device"
         if self.loop is Loop.CUPY and importlib.util.find_spec("cupy") is None:
@@ -52,6 +57,7 @@ CONTENDERS = (
     Contender("vald onnxruntime fp16", "vald", Backend.ONNXRUNTIME, Precision.FP16),
     Contender("vald openvino fp32", "vald", Backend.OPENVINO, Precision.FP32),
     Contender("vald openvino bf16", "vald", Backend.OPENVINO, Precision.BF16),
+    Contender("vald openvino int8", "vald", Backend.OPENVINO, Precision.INT8),
     Contender(REFERENCE, "vald", Backend.TORCH, Precision.FP32),
     Contender("torch bf16", "vald", Backend.TORCH, Precision.BF16),
     Contender("diffusers img2img fp32", "diffusers", Backend.TORCH, Precision.FP32),

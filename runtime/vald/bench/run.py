@@ -131,6 +131,8 @@ def bench_subject(
                     manifest = Manifest.load(subject.engines)
                     if c.precision.value == "fp16" and "fp16" not in {p.value for p in manifest.precisions}:
                         reason = "the engine folder has no FP16 graphs"
+                    if c.precision.value == "int8" and not manifest.quantised:
+                        reason = "the engine folder has no int8 UNet (run `vald quantize` on it)"
                     if c.backend.value == "tensorrt" and size != manifest.model.image_size:
                         reason = f"native TensorRT engines run at the model's own size ({manifest.model.image_size}²)"
                 if reason is not None:
@@ -259,7 +261,8 @@ def run_bench(
         "wall_s": time.time() - started,
     }
     threads = f"-{cfg.threads}threads" if cfg.threads else ""
-    path = out / f"latency-{'+'.join(s.name for s in subjects)}-{cfg.mode.value}{threads}.json"
+    preset = f"-{cfg.preset}" if cfg.preset else ""
+    path = out / f"latency-{'+'.join(s.name for s in subjects)}-{cfg.mode.value}{preset}{threads}.json"
     write_atomic(path, (json.dumps(_strict(payload), indent=1, allow_nan=False) + "\n").encode())
     write_atomic(path.with_suffix(".md"), table(payload).encode())
     return path

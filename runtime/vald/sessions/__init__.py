@@ -102,11 +102,14 @@ def check_bindings(graph: str, spec: ComponentSpec, inputs: Iterable[str], outpu
 def graph_precision(cfg: RunConfig) -> Precision | None:
     """Which exported graph set ``cfg``'s backend loads (None: it loads no graph, the torch reference).
 
-    ONNX Runtime's TensorRT provider and OpenVINO build their reduced precision from the FP32 graphs; native
-    TensorRT loads the engines ``vald build`` made from them (see :func:`run_files`).
+    ONNX Runtime's TensorRT provider and OpenVINO build their reduced precision from the FP32 graphs (OpenVINO's
+    int8 loads the UNet ``vald quantize`` wrote, and the FP32 graphs of the rest); native TensorRT loads the
+    engines ``vald build`` made from them (see :func:`run_files`).
     """
     if cfg.backend in (Backend.TORCH, Backend.TENSORRT):
         return None
+    if cfg.precision is Precision.INT8:
+        return Precision.INT8
     if cfg.backend is Backend.OPENVINO or cfg.provider is Provider.TENSORRT:
         return Precision.FP32
     return cfg.precision

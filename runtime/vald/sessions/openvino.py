@@ -3,7 +3,11 @@
 OpenVINO reads ONNX directly (``Core.read_model``).  Precision ``bf16`` sets the inference precision
 hint to bf16 (AVX512-BF16 or AMX matrix units); ``fp32`` sets f32 explicitly, because OpenVINO's own
 default on such CPUs is bf16.  After compiling, the precision the plugin reports is checked against
-the one asked for: a CPU that cannot run bf16 is an error, never a silent f32 run.  Compiled models
+the one asked for: a CPU that cannot run bf16 is an error, never a silent f32 run.  Precision ``int8`` loads
+the UNet ``vald quantize`` wrote (NNCF's int8 quantise/dequantise pairs) and the other FP32 graphs; it needs
+a CPU with int8 dot-product units (VNNI or AMX), runs the float remainder at bf16 where the CPU has it (else
+f32), and is checked the same way: the compiled UNet must run int8 convolutions or matrix products, and
+its info says ``int8+bf16`` (or ``int8+fp32``).  Compiled models
 are cached in the engine folder's ``.vald-cache/openvino`` (OpenVINO's ``CACHE_DIR``), which OpenVINO
 keys by graph, device, its version and the compile options.
 """
@@ -20,13 +24,53 @@ from numpy.typing import NDArray
 from vald.cache import cache_dir
 from vald.config import Precision, Provider, RunConfig
 from vald.errors import BackendUnavailableError
-from vald.manifest import Manifest
+from vald.manifest import QUANTISED, Manifest
 from vald.privacy import quiet_dependencies
 from vald.sessions import BoundSession, SessionInfo, check_bindings, graph_precision
 from vald.spec import Component, ComponentSpec
 
 _HINT = {Precision.FP32: "f32", Precision.BF16: "bf16"}
 _REPORTED = {"float32": Precision.FP32, "f32": Precision.FP32, "bfloat16": Precision.BF16, "bf16": Precision.BF16}
+INT8_UNITS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of int8 dot-product units
+_MATRIX_OPS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+
+
+def check_int8_cpu() -> None:
+    """BackendUnavailableError unless this CPU has VNNI or AMX int8 units (int8 without them is slower than bf16)."""
+    if not cpu_flags() & set(INT8_UNITS):
+        raise BackendUnavailableError(
+            "precision int8 needs a CPU with int8 dot-product units (VNNI or AMX: cpu flags "
+            + ", ".join(INT8_UNITS)
+            + "), and this one reports none; run --precision bf16 or fp32"
+        )
+
+
+def int8_kernels(compiled: Any) -> int:
+    """How many convolutions and matrix products the compiled model runs in int8 (u8/i8)."""
+    count = 0
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        kind = info["layerType"].astype(str) if "layerType" in info else ""
+        runs = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
+        count += kind in _MATRIX_OPS and runs.lower() in ("u8", "i8")
+    return count
+
+
+def float_precision(core: Any, precision: Precision) -> Precision:
+    """The float precision OpenVINO is told to use: ``precision`` itself, or for int8 the CPU's best (bf16, f32)."""
+    if precision is not Precision.INT8:
+        return precision
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return Precision.BF16 if "BF16" in capabilities else Precision.FP32
 
 
 def _core(cache: Path | None) -> Any:
@@ -54,6 +98,7 @@ class OpenVinoSession(BoundSession):
         threads: int,
         graph: str = "",
         cache: Path | None = None,
+        quantised: bool = False,
     ) -> None:
         self._spec = spec
         blobs = set(cache.iterdir()) if cache is not None else set()
@@ -80,12 +125,17 @@ class OpenVinoSession(BoundSession):
                 f"OpenVINO compiled {spec.component} with inference precision {actual}, not {precision} "
                 "(bf16 needs a CPU with AVX512-BF16 or AMX)"
             )
+        label = used.value
+        if quantised:
+            if not int8_kernels(compiled):
+                raise BackendUnavailableError(f"OpenVINO compiled the int8 {spec.component} without int8 kernels")
+            label = f"int8+{used.value}"
         self._request = compiled.create_infer_request()
         self._names = [t.name for t in spec.outputs]
         threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         # from OpenVINO's cache when it had blobs and wrote no new one
         cached = cache is not None and bool(blobs) and not (set(cache.iterdir()) - blobs)
-        self._info = SessionInfo("openvino", "CPU", used.value, threads_used, graph=graph, cached=cached)
+        self._info = SessionInfo("openvino", "CPU", label, threads_used, graph=graph, cached=cached)
 
     def run(self, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
         """Run the compiled model; outputs as float32 copies (the request's buffers are reused)."""
@@ -95,9 +145,11 @@ class OpenVinoSession(BoundSession):
 
 
 def open_openvino_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, OpenVinoSession]:
-    """Compile the four FP32 graphs on the CPU at ``cfg.precision`` with ``cfg``'s threads."""
+    """Compile the four graphs (FP32, or int8 for what `vald quantize` quantised) at ``cfg.precision``."""
     if cfg.provider is not Provider.CPU:
         raise BackendUnavailableError(f"backend=openvino runs on provider cpu here, not {cfg.provider}")
+    if cfg.precision is Precision.INT8:
+        check_int8_cpu()
     cache = cache_dir(manifest.root, "openvino")
     core = _core(cache)
     graphs = graph_precision(cfg) or Precision.FP32
@@ -108,9 +160,10 @@ def open_openvino_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component
             core,
             path,
             manifest.specs[component],
-            precision=cfg.precision,
+            precision=float_precision(core, cfg.precision),
             threads=cfg.resolved_threads,
             graph=str(path.relative_to(manifest.root)),
             cache=cache,
+            quantised=cfg.precision is Precision.INT8 and component in QUANTISED,
         )
     return sessions
