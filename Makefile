@@ -87,7 +87,19 @@ bench-eval: setup
 	$(VENV)/bin/vald eval build/eval-phantoms --engines engines/demo --classifier engines/classifier/phantom_classifier.onnx \
 		--out benchmarks/results/eval-phantoms $(if $(FID_WEIGHTS),--inception $(FID_WEIGHTS),)
 
-lint: setup
+# TensorRT's type stubs for mypy (TensorRT itself needs a GPU and NVIDIA's index), kept out of the venv: a stubs-only
+# `tensorrt` folder on sys.path would import as an empty namespace package.  Two syntax slips in the generated
+# stubs are mended (a parameter named `in`; a required parameter after defaulted ones).
+TRT_STUBS := build/typing/tensorrt/__init__.pyi
+$(TRT_STUBS): $(SETUP)
+	rm -rf build/typing
+	$(PY) -m pip install -q --no-deps --target build/typing tensorrt-stubs==10.13.0.35.1
+	sed -i -e 's/\bin: list\[/in_: list[/g' \
+		-e 's/power: Weights = None, channel_axis: int)/power: Weights = None, channel_axis: int = ...)/' \
+		build/typing/tensorrt_bindings/tensorrt.pyi
+	touch $@
+
+lint: setup $(TRT_STUBS)
 	$(VENV)/bin/ruff check runtime export training tests benchmarks
 	$(VENV)/bin/ruff format --check runtime export training tests benchmarks
 	$(VENV)/bin/mypy

@@ -51,6 +51,7 @@ def precision_methods(int8_engines: Path, base: RunConfig) -> dict[str, tuple[Me
         "default @ openvino bf16": base.replace(backend="openvino", precision="bf16"),
         "default @ openvino int8": base.replace(backend="openvino", precision="int8"),
         "fast preset @ onnxruntime fp32": base.with_preset("fast"),
+        "fast preset @ openvino bf16": base.with_preset("fast").replace(backend="openvino", precision="bf16"),
         "fast preset @ openvino int8": base.with_preset("fast").replace(backend="openvino", precision="int8"),
     }.items():
         engines, _ = open_engines(int8_engines, cfg)

@@ -6,6 +6,7 @@ address, no numpy between the steps) with ``device='cpu'``.  The CUDA cases are 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -95,7 +96,7 @@ def test_loop_cupy_without_cupy_says_what_to_install() -> None:
     except ImportError:
         from vald.sessions.device import device_ops
 
-        with pytest.raises(BackendUnavailableError, match="pip install cupy-cuda12x"):
+        with pytest.raises(BackendUnavailableError, match="pip install cupy-cuda13x"):
             device_ops("cupy")
     else:  # pragma: no cover - a machine with CuPy
         pytest.skip("CuPy is installed here")
@@ -206,8 +207,8 @@ def recorded_tensorrt(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     import vald.sessions.tensorrt as trt_module
 
     log = _Recorder()
-    fake_trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype)
-    monkeypatch.setattr(trt_module, "_trt", lambda: fake_trt)
+    fake_trt = SimpleNamespace(TensorIOMode=SimpleNamespace(INPUT="in"), nptype=lambda dtype: dtype, Runtime=object)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt)  # the module vald imports, as recorded calls
     monkeypatch.setattr(trt_module, "cudart", lambda: _cudart(log))
     return log
 

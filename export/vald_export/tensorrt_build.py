@@ -57,15 +57,16 @@ class BuildRequest:
         )
 
 
-def _tensorrt() -> Any:
+def _require_tensorrt() -> None:
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt
     except ImportError:
+        tensorrt = None  # type: ignore[assignment]
+    if tensorrt is None or not hasattr(tensorrt, "Builder"):  # a namespace package (stubs alone) is not TensorRT
         raise BackendUnavailableError(
             "`vald build` needs TensorRT (10.12+) and cuda-python: pip install 'vald[tensorrt]' on a machine with an "
             "NVIDIA GPU; the TensorRT wheels come from NVIDIA's own index (pypi.nvidia.com)"
-        ) from None
-    return trt
+        )
 
 
 def plan_profiles(manifest: Manifest, request: BuildRequest) -> dict[Component, list[Profile]]:
@@ -78,8 +79,10 @@ def plan_profiles(manifest: Manifest, request: BuildRequest) -> dict[Component, 
     return {component: profiles(shapes, request.profile) for component, shapes in recorded.items()}
 
 
-def _build_one(trt: Any, onnx_path: Path, component_profiles: list[Profile], cache: bytes) -> tuple[bytes, bytes]:
+def _build_one(onnx_path: Path, component_profiles: list[Profile], cache: bytes) -> tuple[bytes, bytes]:
     """One strongly typed engine from ``onnx_path``; returns the serialized engine and the updated timing cache."""
+    import tensorrt as trt
+
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
@@ -92,7 +95,7 @@ def _build_one(trt: Any, onnx_path: Path, component_profiles: list[Profile], cac
     for profile in component_profiles:
         optimisation = builder.create_optimization_profile()
         for name, (low, opt, high) in profile.shapes.items():
-            optimisation.set_shape(name, low, opt, high)
+            optimisation.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
         config.add_optimization_profile(optimisation)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -116,7 +119,7 @@ def _fixed_inputs(profile: Profile, names_dtypes: dict[str, str]) -> dict[str, n
 
 def build(engines: Path, request: BuildRequest, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build every component's engine for ``request`` into ENGINES/tensorrt/ and record the set in the manifest."""
-    trt = _tensorrt()
+    _require_tensorrt()
     from vald.sessions.tensorrt import TensorRTSession, run_onnx_cpu
     from vald.sessions.tensorrt_identity import this_machine
 
@@ -135,7 +138,7 @@ def build(engines: Path, request: BuildRequest, *, log: Callable[[str], None] = 
         dtypes = {t.name: t.dtype for t in spec.inputs}
         graph = manifest.graph_path(component, request.precision)
         started = time.perf_counter()
-        plan, cache = _build_one(trt, graph, component_profiles, cache)
+        plan, cache = _build_one(graph, component_profiles, cache)
         decision: Fp16Decision | None = None
         if request.precision is Precision.FP16:
             feeds = _fixed_inputs(component_profiles[-1], dtypes)
@@ -147,7 +150,7 @@ def build(engines: Path, request: BuildRequest, *, log: Callable[[str], None] = 
             if decision.precision == "fp32":
                 log(f"{component.value}: {decision.reason}")
                 graph = fp32_graph
-                plan, cache = _build_one(trt, graph, component_profiles, cache)
+                plan, cache = _build_one(graph, component_profiles, cache)
         target = folder / f"{component.value}.{name}.plan"
         write_atomic(target, plan)
         entries[component.value] = {

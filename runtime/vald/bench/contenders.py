@@ -48,7 +48,7 @@ class Contender:
         if self.provider == "cuda" and not cuda:
             return "no CUDA device"
         if self.loop is Loop.CUPY and importlib.util.find_spec("cupy") is None:
-            return "CuPy is not installed (pip install cupy-cuda12x)"
+            return "CuPy is not installed (pip install cupy-cuda13x)"
         return None
 
 

@@ -7,23 +7,46 @@ with the older ``cuda.cudart`` module as a fall-back import path); not run on th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 from vald.errors import BackendUnavailableError
 
 
-def cudart() -> Any:
+class CudaRuntime(Protocol):
+    """The calls vald makes into cuda-python's runtime module, typed (``cuda.bindings`` ships no stubs).
+
+    Each returns ``(error, value...)``; tests/test_gpu_api.py checks every name here against the installed
+    ``cuda.bindings.runtime`` and that no other ``cudaX`` is used in vald's code.
+    """
+
+    cudaStreamCaptureMode: Any  # enum: cudaStreamCaptureModeThreadLocal
+
+    def cudaStreamCreate(self) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaMalloc(self, size: int, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaFree(self, pointer: int, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaMemcpyAsync(self, dst: int, src: int, count: int, kind: int, stream: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaStreamSynchronize(self, stream: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaStreamBeginCapture(self, stream: Any, mode: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaStreamEndCapture(self, stream: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaGraphInstantiate(self, graph: Any, flags: int, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaGraphDestroy(self, graph: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaGraphLaunch(self, graph: Any, stream: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaGraphExecDestroy(self, graph: Any, /) -> tuple[Any, ...]: ...  # noqa: D102
+    def cudaGetDeviceProperties(self, device: int, /) -> tuple[Any, ...]: ...  # noqa: D102
+
+
+def cudart() -> CudaRuntime:
     """The CUDA runtime module of cuda-python; BackendUnavailableError when it is not installed."""
     try:
-        from cuda.bindings import runtime  # type: ignore[import-not-found]
+        from cuda.bindings import runtime
     except ImportError:
         try:
-            from cuda import cudart as runtime  # type: ignore[import-not-found, no-redef]
+            from cuda import cudart as runtime  # type: ignore[no-redef]
         except ImportError:
             raise BackendUnavailableError(
                 "the TensorRT backend needs cuda-python: pip install 'vald[tensorrt]' (see the README, GPU engines)"
             ) from None
-    return runtime
+    return cast(CudaRuntime, runtime)
 
 
 def check(result: Any, call: str) -> Any:

@@ -8,7 +8,7 @@ An :class:`~vald.sampling.ArrayOps` over a device array library is all the loop 
 writes the arrays in place through their device pointers (``ops.pointer``) on ``ops.stream()``.
 
 Two array libraries, chosen explicitly and recorded in every output (``loop``): CuPy (``pip install
-cupy-cuda12x``: the runtime's own GPU install, no torch) and torch (CUDA torch where a machine has it; on the
+cupy-cuda13x``: the runtime's own GPU install, no torch) and torch (CUDA torch where a machine has it; on the
 CPU it runs the same code in the tests).  The state is float32 on the device (float64 on the host path):
 results differ from the host loop by float32 rounding, which is why the loop is a setting and not a
 silent choice.
@@ -114,7 +114,7 @@ class CupyDeviceOps:
             import cupy  # type: ignore[import-not-found]
         except ImportError:
             raise BackendUnavailableError(
-                "--loop device needs CuPy: pip install cupy-cuda12x (or cupy-cuda13x for CUDA 13)"
+                "--loop device needs CuPy: pip install cupy-cuda13x (CUDA 13, as onnxruntime-gpu 1.31)"
             ) from None
         self._cp, self.device = cupy, "cuda"
         self.name = f"device (cupy {cupy.__version__}, cuda)"

@@ -20,8 +20,10 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,13 @@ from vald.errors import BackendUnavailableError, CacheWarning, EngineMismatchErr
 from vald.manifest import Manifest, sha256_file
 from vald.privacy import quiet_dependencies
 from vald.sessions import BoundSession, SessionInfo, check_bindings, graph_precision
+from vald.sessions.provider_log import (
+    Captured,
+    competing_distributions,
+    native_stderr,
+    preload_cuda_libraries,
+    reason,
+)
 from vald.spec import Component, ComponentSpec
 
 _EP = {
@@ -197,11 +206,19 @@ class OrtSession(BoundSession):
         quiet_dependencies()  # no-op after ``import vald``; the switch must precede ORT's first session
         self._spec = spec
         options = _options(threads, optimize=not optimized, save_to=save_optimized)
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-        except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, InvalidGraph, Fail, ...)
+        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
+        gpu = wanted != _EP[Provider.CPU]
+        preloaded = preload_cuda_libraries() if gpu else ""
+        with native_stderr() if gpu else nullcontext(Captured()) as said:
+            try:
+                self._session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+            except Exception as exc:  # onnxruntime's own types (InvalidProtobuf, InvalidGraph, Fail, ...)
+                error: Exception | None = exc
+            else:
+                error = None
+        if error is not None:
             raise EngineMismatchError(
-                f"engine file {graph or path.name} cannot be loaded by onnxruntime ({type(exc).__name__})"
+                f"engine file {graph or path.name} cannot be loaded by onnxruntime ({type(error).__name__})"
             ) from None
         check_bindings(
             graph or path.name,
@@ -209,11 +226,14 @@ class OrtSession(BoundSession):
             (i.name for i in self._session.get_inputs()),
             (o.name for o in self._session.get_outputs()),
         )
-        wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
         if self._session.get_providers()[0] != wanted:
-            raise BackendUnavailableError(
-                f"onnxruntime did not start {wanted} for {spec.component} (got {self._session.get_providers()})"
-            )
+            why = reason(preloaded + said.text) or f"it offered {self._session.get_providers()}"
+            both = competing_distributions()
+            if both:
+                why += f"; {' and '.join(both)} are both installed and overwrite each other (install only vald-gpu)"
+            raise BackendUnavailableError(f"onnxruntime did not start {wanted} for {spec.component}: {why}")
+        if said.text:
+            sys.stderr.write(said.text)  # the provider started: what onnxruntime said is shown, once
         device = wanted + ("+cuda-graph" if cuda_graph else "") + ("+io-binding" if bind else "")
         self._info = SessionInfo(
             "onnxruntime", device, precision.value, threads, graph=graph, cached=optimized, cache_sha256=cache_sha256

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -34,17 +34,22 @@ from vald.sessions.tensorrt_identity import check_identity, this_machine
 from vald.sessions.tensorrt_set import select_engine_set
 from vald.spec import Component, ComponentSpec
 
+if TYPE_CHECKING:  # the types come from tensorrt-stubs (mypy_path build/typing); the module from NVIDIA's wheels
+    import tensorrt as trt
+
 H2D, D2H = 1, 2  # cudaMemcpyKind: cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost
 
 
-def _trt() -> Any:
+def require_tensorrt() -> None:
+    """BackendUnavailableError unless TensorRT's Python bindings import (a namespace package is not enough)."""
     try:
-        import tensorrt as trt  # type: ignore[import-not-found]
+        import tensorrt
     except ImportError:
+        tensorrt = None  # type: ignore[assignment]
+    if tensorrt is None or not hasattr(tensorrt, "Runtime"):
         raise BackendUnavailableError(
             "the TensorRT backend needs TensorRT and cuda-python: pip install 'vald[tensorrt]' (NVIDIA's index)"
-        ) from None
-    return trt
+        )
 
 
 def run_onnx_cpu(graph: Path, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
@@ -54,6 +59,11 @@ def run_onnx_cpu(graph: Path, feeds: Mapping[str, NDArray[np.generic]]) -> dict[
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return {n: np.asarray(v, dtype=np.float32) for n, v in zip(names, session.run(names, dict(feeds)), strict=True)}
+
+
+def dims(shape: trt.Dims) -> tuple[int, ...]:
+    """A TensorRT ``Dims`` as a tuple (it indexes and has a length; the stubs give it no ``__iter__``)."""
+    return tuple(shape[i] for i in range(len(shape)))
 
 
 @dataclass
@@ -77,10 +87,18 @@ class TensorRTSession(BoundSession):
     """
 
     def __init__(
-        self, engine: Any, spec: ComponentSpec, *, graph: str = "", precision: str = "fp16", cuda_graph: bool = False
+        self,
+        engine: trt.ICudaEngine,
+        spec: ComponentSpec,
+        *,
+        graph: str = "",
+        precision: str = "fp16",
+        cuda_graph: bool = False,
     ) -> None:
-        trt = _trt()
-        self._trt, self._engine, self._spec = trt, engine, spec
+        require_tensorrt()
+        import tensorrt as trt
+
+        self._engine, self._spec = engine, spec
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         check_bindings(graph, spec, [n for n in names if is_input[n]], [n for n in names if not is_input[n]])
@@ -98,7 +116,9 @@ class TensorRTSession(BoundSession):
         cls, plan: bytes, spec: ComponentSpec, *, graph: str = "", precision: str = "fp16", cuda_graph: bool = False
     ) -> TensorRTSession:
         """Deserialize an engine; EngineMismatchError when TensorRT refuses it."""
-        trt = _trt()
+        require_tensorrt()
+        import tensorrt as trt
+
         runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
         engine = runtime.deserialize_cuda_engine(plan)
         if engine is None:
@@ -111,7 +131,10 @@ class TensorRTSession(BoundSession):
         return sum(b.graph is not None for b in self._bound.values())
 
     def _dtype(self, name: str) -> np.dtype[Any]:
-        dtype: np.dtype[Any] = np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
+        import tensorrt as trt
+
+        nptype: Any = trt.nptype  # untyped in the stubs: DataType -> numpy type
+        dtype: np.dtype[Any] = np.dtype(nptype(self._engine.get_tensor_dtype(name)))
         return dtype
 
     def _profile_for(self, shapes: Mapping[str, tuple[int, ...]]) -> int:
@@ -119,7 +142,7 @@ class TensorRTSession(BoundSession):
         for index in range(engine.num_optimization_profiles):
             fits = True
             for name, shape in shapes.items():
-                low, _, high = engine.get_tensor_profile_shape(name, index)
+                low, _, high = (dims(d) for d in engine.get_tensor_profile_shape(name, index))
                 fits = fits and all(a <= s <= b for a, s, b in zip(low, shape, high, strict=True))
             if fits:
                 return index
@@ -144,7 +167,7 @@ class TensorRTSession(BoundSession):
             profile = self._profile_for(shapes)
             self._use(profile, shapes)  # the output shapes follow from the input shapes
             outputs = {
-                t.name: (tuple(self._context.get_tensor_shape(t.name)), self._dtype(t.name)) for t in self.outputs
+                t.name: (dims(self._context.get_tensor_shape(t.name)), self._dtype(t.name)) for t in self.outputs
             }
             sizes = {n: (shape, self._dtype(n)) for n, shape in shapes.items()} | outputs
             pointers, arrays = {}, {}
@@ -232,7 +255,7 @@ def open_tensorrt_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component
     if cfg.provider is not Provider.CUDA:
         raise BackendUnavailableError(f"backend=tensorrt runs on provider cuda, not {cfg.provider}")
     engine_set = select_engine_set(manifest, cfg)
-    _trt()
+    require_tensorrt()
     check_identity(engine_set.identity, this_machine(), engine_set.rebuild)
     sessions = {}
     for component, plan in engine_set.plans.items():

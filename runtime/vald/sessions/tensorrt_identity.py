@@ -67,7 +67,7 @@ def check_identity(built: EngineIdentity, here: EngineIdentity, rebuild: str) ->
 
 def this_machine(device: int = 0) -> EngineIdentity:
     """The running machine's TensorRT version and GPU (needs tensorrt and cuda-python)."""
-    import tensorrt as trt  # type: ignore[import-not-found]
+    import tensorrt as trt
 
     from vald.sessions.cuda import device_properties
 
