@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 VALD = [sys.executable, "-m", "vald.cli"]
@@ -48,6 +49,58 @@ def ensure_sd15(folder: Path, engines: Path, steps: int) -> None:
 
 # What the SD1.5-size rows compare (issue 25): the PyTorch references and vald's CPU paths.
 SD_CONTENDERS = "torch fp32,torch bf16,vald onnxruntime fp32,vald openvino bf16,vald openvino int8"
+
+
+# UNet calls of one counterfactual at the defaults (inversion, 50 steps at strength 0.7: timesteps 681, 661, ..., 1;
+# guided at t >= 600): 35 inversion calls of batch 1, then 5 guided steps of batch 3 (the counterfactual's two rows
+# and the reconstruction's) and 30 of batch 2.  With the other stages, the full default from a shortened run's
+# per-call times.
+DEFAULT_CALLS = {"unet_call_b1": 35, "unet_call_b3": 5, "unet_call_b2": 30}
+
+
+def full_default_s(row: dict[str, Any]) -> float | None:
+    """End to end at the full default schedule, from a shortened run's per-stage and per-call p50s."""
+    stages = row.get("stages_s", {})
+    if not all(k in stages for k in (*DEFAULT_CALLS, "text_encoder", "vae_encoder", "vae_decoder")):
+        return None
+    once = sum(stages[k]["p50"] for k in ("text_encoder", "vae_encoder", "vae_decoder"))
+    return once + sum(n * stages[k]["p50"] for k, n in DEFAULT_CALLS.items())
+
+
+def sd15_summary(out: Path) -> None:
+    """One table of the SD1.5-size rows: the shortened default, the full default computed, the fast preset."""
+    default_path, fast_path = out / "latency-sd15-size-inversion.json", out / "latency-sd15-size-inversion-fast.json"
+    if not (default_path.is_file() and fast_path.is_file()):
+        return
+    default = {(r["size"], r["contender"]): r for r in json.loads(default_path.read_text())["rows"]}
+    fast_data = json.loads(fast_path.read_text())
+    fast = {(r["size"], r["contender"]): r for r in fast_data["rows"]}
+    lines = [
+        f"SD1.5-size, {fast_data['environment']['cpu'].get('model', '')}, {fast_data['threads']} threads, "
+        f"{fast_data['date'][:10]}",
+        "",
+        "| size | contender | default, 10-step schedule (s) | full default, computed (s) | fast preset (s) "
+        "| UNet call b1 / b2 / b3 (s) | peak RSS default / fast (GiB) | map corr vs torch fp32 (fast) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = []
+    for key in sorted(fast, key=lambda k: (-k[0], k[1])):
+        d, f = default.get(key, {}), fast[key]
+        if "end_to_end_s" not in f or "end_to_end_s" not in d:
+            continue
+        full = full_default_s(d)
+        calls = " / ".join(f"{d['stages_s'][k]['p50']:.2f}" for k in ("unet_call_b1", "unet_call_b2", "unet_call_b3"))
+        corr = f.get("accuracy", {}).get("map_correlation")
+        lines.append(
+            f"| {key[0]}² | {key[1]} | {d['end_to_end_s']['p50']:.1f} | {full:.0f} | {f['end_to_end_s']['p50']:.1f} "
+            f"| {calls} | {d['peak_rss_mib'] / 1024:.1f} / {f['peak_rss_mib'] / 1024:.1f} | "
+            f"{'' if corr is None else f'{corr:.3f}'} |"
+        )
+        rows.append({"size": key[0], "contender": key[1], "full_default_s": full, "fast_s": f["end_to_end_s"]["p50"]})
+    (out / "latency-sd15-size-summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "latency-sd15-size-summary.json").write_text(
+        json.dumps({"default_calls": DEFAULT_CALLS, "rows": rows}, indent=1) + "\n", encoding="utf-8"
+    )
 
 
 def plot(out: Path) -> None:
@@ -119,6 +172,7 @@ def main() -> int:
         image = ["--image", "engines/demo/samples/consolidation.png", "--contenders", SD_CONTENDERS]
         vald("bench", *sd, *sizes, *steps, *image)  # the defaults on a shortened schedule
         vald("bench", *sd, *sizes, "--preset", "fast", "--repeats", "1", *image)  # the fast preset, in full
+        sd15_summary(args.out)
     plot(args.out)
     return 0
 
