@@ -99,6 +99,7 @@ class OpenVinoSession(BoundSession):
         graph: str = "",
         cache: Path | None = None,
         quantised: bool = False,
+        release: bool = False,
     ) -> None:
         self._spec = spec
         blobs = set(cache.iterdir()) if cache is not None else set()
@@ -130,6 +131,8 @@ class OpenVinoSession(BoundSession):
             if not int8_kernels(compiled):
                 raise BackendUnavailableError(f"OpenVINO compiled the int8 {spec.component} without int8 kernels")
             label = f"int8+{used.value}"
+        self._compiled = compiled
+        self._release = release
         self._request = compiled.create_infer_request()
         self._names = [t.name for t in spec.outputs]
         threads_used = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -141,7 +144,10 @@ class OpenVinoSession(BoundSession):
         """Run the compiled model; outputs as float32 copies (the request's buffers are reused)."""
         results = self._request.infer({t.name: np.ascontiguousarray(feeds[t.name]) for t in self._spec.inputs})
         by_name = {next(iter(port.get_names())): value for port, value in results.items()}
-        return {n: np.array(by_name[n], dtype=np.float32) for n in self._names}
+        outputs = {n: np.array(by_name[n], dtype=np.float32) for n in self._names}
+        if self._release:  # a network run once per image: its intermediate buffers are not kept between images
+            self._compiled.release_memory()
+        return outputs
 
 
 def open_openvino_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, OpenVinoSession]:
@@ -165,5 +171,6 @@ def open_openvino_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component
             graph=str(path.relative_to(manifest.root)),
             cache=cache,
             quantised=cfg.precision is Precision.INT8 and component in QUANTISED,
+            release=component is not Component.UNET,
         )
     return sessions
