@@ -53,10 +53,11 @@ def reason(text: str) -> str:
     """The gist of ONNX Runtime's provider-loading errors: the missing library and the CUDA it requires."""
     parts = []
     missing = re.search(r"([\w.+-]+\.so[\w.]*): cannot open shared object file", text)
+    driver = missing is not None and missing.group(1).startswith("libcuda.so")
     if missing:
-        parts.append(f"{missing.group(1)} cannot be loaded")
+        parts.append(f"{missing.group(1)} cannot be loaded" + (" (no NVIDIA driver on this machine)" if driver else ""))
     requires = re.search(r"Require cuDNN (\d+)\S* and CUDA (\d+)", text)
-    if requires:
+    if requires and not driver:  # the CUDA libraries were found; what is missing is the driver
         parts.append(f"this onnxruntime build needs CUDA {requires.group(2)} and cuDNN {requires.group(1)}")
     if not parts:
         errors = [ln for ln in text.splitlines() if "[E:" in ln or "rror" in ln]
