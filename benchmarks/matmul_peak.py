@@ -108,7 +108,7 @@ def main() -> None:
 
 
 def _flags() -> set[str]:
-    from vald.sessions.openvino import cpu_flags
+    from vald.cpu import cpu_flags
 
     return cpu_flags()
 

@@ -22,7 +22,8 @@ SAMPLE = DEMO / "samples" / "consolidation.png"
 
 
 def _has_int8_units() -> bool:
-    from vald.sessions.openvino import INT8_UNITS, cpu_flags
+    from vald.cpu import cpu_flags
+    from vald.sessions.openvino import INT8_UNITS
 
     return bool(cpu_flags() & set(INT8_UNITS))
 

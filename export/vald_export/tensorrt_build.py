@@ -23,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from vald.config import Precision, RunConfig
-from vald.errors import BackendUnavailableError, ExportError
+from vald.errors import ExportError
 from vald.manifest import MANIFEST_NAME, Manifest, sha256_file
 from vald.outputs import write_atomic
 from vald.schedules import NoiseSchedule
+from vald.sessions.tensorrt import require_tensorrt
 from vald.spec import Component
 from vald.strictjson import encode
 from vald.tokenizer import PromptTokenizer
@@ -57,16 +58,10 @@ class BuildRequest:
         )
 
 
-def _require_tensorrt() -> None:
-    try:
-        import tensorrt
-    except ImportError:
-        tensorrt = None  # type: ignore[assignment]
-    if tensorrt is None or not hasattr(tensorrt, "Builder"):  # a namespace package (stubs alone) is not TensorRT
-        raise BackendUnavailableError(
-            "`vald build` needs TensorRT (10.12+) and cuda-python: pip install 'vald[tensorrt]' on a machine with an "
-            "NVIDIA GPU; the TensorRT wheels come from NVIDIA's own index (pypi.nvidia.com)"
-        )
+NO_TENSORRT = (
+    "`vald build` needs TensorRT (10.12+) and cuda-python: pip install 'vald[tensorrt]' on a machine with an "
+    "NVIDIA GPU; the TensorRT wheels come from NVIDIA's own index (pypi.nvidia.com)"
+)
 
 
 def plan_profiles(manifest: Manifest, request: BuildRequest) -> dict[Component, list[Profile]]:
@@ -119,7 +114,7 @@ def _fixed_inputs(profile: Profile, names_dtypes: dict[str, str]) -> dict[str, n
 
 def build(engines: Path, request: BuildRequest, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Build every component's engine for ``request`` into ENGINES/tensorrt/ and record the set in the manifest."""
-    _require_tensorrt()
+    require_tensorrt(NO_TENSORRT)
     from vald.sessions.tensorrt import TensorRTSession, run_onnx_cpu
     from vald.sessions.tensorrt_identity import this_machine
 

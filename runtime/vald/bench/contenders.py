@@ -41,7 +41,8 @@ class Contender:
             if cfg.guidance_min_t:
                 return "diffusers' pipeline guides every step (run the bench with --guidance-min-t 0)"
         if self.precision is Precision.INT8:
-            from vald.sessions.openvino import INT8_UNITS, cpu_flags
+            from vald.cpu import cpu_flags
+            from vald.sessions.openvino import INT8_UNITS
 
             if not cpu_flags() & set(INT8_UNITS):
                 return "this CPU has no int8 dot-product units (VNNI or AMX)"

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from vald.cache import cache_dir
 from vald.config import Precision, Provider, RunConfig
+from vald.cpu import cpu_flags
 from vald.errors import BackendUnavailableError
 from vald.manifest import QUANTISED, Manifest
 from vald.privacy import quiet_dependencies
@@ -33,15 +34,6 @@ _HINT = {Precision.FP32: "f32", Precision.BF16: "bf16"}
 _REPORTED = {"float32": Precision.FP32, "f32": Precision.FP32, "bfloat16": Precision.BF16, "bf16": Precision.BF16}
 INT8_UNITS = ("avx512_vnni", "avx_vnni", "amx_int8")  # /proc/cpuinfo flags of int8 dot-product units
 _MATRIX_OPS = ("Convolution", "FullyConnected", "MatMul", "GroupConvolution")
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace")
-    except OSError:
-        return set()
-    return {f for line in text.splitlines() if line.startswith("flags") for f in line.split(":", 1)[1].split()}
 
 
 def check_int8_cpu() -> None:

@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
+from vald.cpu import cpu_flags_line
 from vald.errors import BackendUnavailableError, CacheWarning, EngineMismatchError
 from vald.manifest import Manifest, sha256_file
 from vald.privacy import quiet_dependencies
@@ -284,10 +285,8 @@ def _providers(cfg: RunConfig, cache: Path) -> list[Any]:
 @functools.cache
 def cpu_flags_sha() -> str:
     """Hash of this CPU's instruction-set flags (an optimised graph may use kernels only they allow)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        flags = next((ln.split(":", 1)[1] for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    except OSError:  # pragma: no cover - not Linux
+    flags = cpu_flags_line()
+    if flags is None:  # pragma: no cover - not Linux
         flags = os.uname().machine
     return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
 

@@ -40,16 +40,17 @@ if TYPE_CHECKING:  # the types come from tensorrt-stubs (mypy_path build/typing)
 H2D, D2H = 1, 2  # cudaMemcpyKind: cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost
 
 
-def require_tensorrt() -> None:
-    """BackendUnavailableError unless TensorRT's Python bindings import (a namespace package is not enough)."""
+NO_TENSORRT = "the TensorRT backend needs TensorRT and cuda-python: pip install 'vald[tensorrt]' (NVIDIA's index)"
+
+
+def require_tensorrt(message: str = NO_TENSORRT) -> None:
+    """BackendUnavailableError(``message``) unless TensorRT's bindings import (stubs alone are not enough)."""
     try:
         import tensorrt
     except ImportError:
         tensorrt = None  # type: ignore[assignment]
     if tensorrt is None or not hasattr(tensorrt, "Runtime"):
-        raise BackendUnavailableError(
-            "the TensorRT backend needs TensorRT and cuda-python: pip install 'vald[tensorrt]' (NVIDIA's index)"
-        )
+        raise BackendUnavailableError(message)
 
 
 def run_onnx_cpu(graph: Path, feeds: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.float32]]:
