@@ -26,6 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vald.bench.contenders import by_name
+
 ROOT = Path(__file__).resolve().parents[1]
 VALD = [sys.executable, "-m", "vald.cli"]
 
@@ -48,23 +50,37 @@ def ensure_sd15(folder: Path, engines: Path, steps: int) -> None:
 
 
 # What the SD1.5-size rows compare (issue 25): the PyTorch references and vald's CPU paths.
-SD_CONTENDERS = "torch fp32,torch bf16,vald onnxruntime fp32,vald openvino bf16,vald openvino int8"
+SD_CONTENDERS = (
+    "torch fp32,torch bf16,vald onnxruntime fp32,vald onnxruntime fp32 unet-batch-1,vald openvino bf16,"
+    "vald openvino int8"
+)
 
 
 # UNet calls of one counterfactual at the defaults (inversion, 50 steps at strength 0.7: timesteps 681, 661, ..., 1;
 # guided at t >= 600): 35 inversion calls of batch 1, then 5 guided steps of batch 3 (the counterfactual's two rows
 # and the reconstruction's) and 30 of batch 2.  With the other stages, the full default from a shortened run's
 # per-call times.
-DEFAULT_CALLS = {"unet_call_b1": 35, "unet_call_b3": 5, "unet_call_b2": 30}
+DEFAULT_CALLS = {1: 35, 3: 5, 2: 30}  # batch -> calls
+
+
+def calls_at(unet_batch: int) -> dict[int, int]:
+    """DEFAULT_CALLS as a run with setting ``unet_batch`` makes them (a batch-b step in calls of at most that)."""
+    calls: dict[int, int] = {}
+    for batch, n in DEFAULT_CALLS.items():
+        step = unet_batch or batch
+        for part in [step] * (batch // step) + ([batch % step] if batch % step else []):
+            calls[part] = calls.get(part, 0) + n
+    return calls
 
 
 def full_default_s(row: dict[str, Any]) -> float | None:
     """End to end at the full default schedule, from a shortened run's per-stage and per-call p50s."""
     stages = row.get("stages_s", {})
-    if not all(k in stages for k in (*DEFAULT_CALLS, "text_encoder", "vae_encoder", "vae_decoder")):
+    calls = {f"unet_call_b{b}": n for b, n in calls_at(by_name(row["contender"], quick=False)[0].unet_batch).items()}
+    if not all(k in stages for k in (*calls, "text_encoder", "vae_encoder", "vae_decoder")):
         return None
     once = sum(stages[k]["p50"] for k in ("text_encoder", "vae_encoder", "vae_decoder"))
-    return once + sum(n * stages[k]["p50"] for k, n in DEFAULT_CALLS.items())
+    return once + sum(n * stages[k]["p50"] for k, n in calls.items())
 
 
 def sd15_summary(out: Path) -> None:
@@ -89,17 +105,19 @@ def sd15_summary(out: Path) -> None:
         if "end_to_end_s" not in f or "end_to_end_s" not in d:
             continue
         full = full_default_s(d)
-        calls = " / ".join(f"{d['stages_s'][k]['p50']:.2f}" for k in ("unet_call_b1", "unet_call_b2", "unet_call_b3"))
+        full_text = "" if full is None else f"{full:.0f}"
+        per_call = [d["stages_s"].get(f"unet_call_b{b}", {}).get("p50") for b in (1, 2, 3)]
+        calls = " / ".join("–" if t is None else f"{t:.2f}" for t in per_call)
         corr = f.get("accuracy", {}).get("map_correlation")
         lines.append(
-            f"| {key[0]}² | {key[1]} | {d['end_to_end_s']['p50']:.1f} | {full:.0f} | {f['end_to_end_s']['p50']:.1f} "
+            f"| {key[0]}² | {key[1]} | {d['end_to_end_s']['p50']:.1f} | {full_text} | {f['end_to_end_s']['p50']:.1f} "
             f"| {calls} | {d['peak_rss_mib'] / 1024:.1f} / {f['peak_rss_mib'] / 1024:.1f} | "
             f"{'' if corr is None else f'{corr:.3f}'} |"
         )
         rows.append({"size": key[0], "contender": key[1], "full_default_s": full, "fast_s": f["end_to_end_s"]["p50"]})
     (out / "latency-sd15-size-summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (out / "latency-sd15-size-summary.json").write_text(
-        json.dumps({"default_calls": DEFAULT_CALLS, "rows": rows}, indent=1) + "\n", encoding="utf-8"
+        json.dumps({"default_calls_by_batch": DEFAULT_CALLS, "rows": rows}, indent=1) + "\n", encoding="utf-8"
     )
 
 

@@ -1,8 +1,9 @@
-"""Peak memory of the SD1.5-size networks on the CPU: what ONNX Runtime's session options and OpenVINO's
-memory release change, each variant in a fresh process (peak RSS is per process).
+"""Peak memory of the SD1.5-size networks on the CPU: what ONNX Runtime's session options, OpenVINO's
+memory release and the ``unet_batch`` setting change, each variant in a fresh process (peak RSS is per process).
 
     python benchmarks/memory.py ort-unet       # the FP32 UNet alone at 512², batch 2, 3, 2: arena / pre-packing
-    python benchmarks/memory.py openvino       # one counterfactual at 512², --preset fast, bf16 (and int8)
+    python benchmarks/memory.py pipeline       # one counterfactual at 512², --preset fast, per backend and precision,
+                                               # with every step's rows in one UNet call and in calls of 2 and 1
 
 Needs build/sd15-engines (`make bench` makes it).  Writes benchmarks/results/memory-<what>.json.  Times are
 reported beside the memory; on a machine shared with other work they are rough.
@@ -22,6 +23,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ORT_VARIANTS = ("default", "noarena", "noprepack", "noarena-noprepack")
+# backend-precision-unet_batch; 0 = a step's rows in one call (the default)
+PIPELINE_VARIANTS = tuple(
+    f"{bp}-{b}" for bp in ("onnxruntime-fp32", "openvino-bf16", "openvino-int8") for b in (0, 2, 1)
+)
 
 
 def _peak_mib() -> float:
@@ -55,43 +60,46 @@ def ort_unet(variant: str, engines: Path, size: int) -> dict[str, object]:
     return {"variant": variant, "size": size, **loaded, "call_s": calls, "peak_rss_mib": _peak_mib()}
 
 
-def openvino(precision: str, engines: Path, size: int) -> dict[str, object]:
-    """One process: vald's OpenVINO sessions, one counterfactual at the fast preset."""
+def pipeline(variant: str, engines: Path, size: int) -> dict[str, object]:
+    """One process: vald's sessions for ``backend-precision-unet_batch``, one counterfactual at the fast preset."""
     import numpy as np
 
     from vald.app import open_engines
     from vald.attribution import attribute
     from vald.config import RunConfig
 
-    cfg = RunConfig(backend="openvino", precision=precision, threads=2).with_preset("fast")  # type: ignore[arg-type]
+    backend, precision, unet_batch = variant.split("-")
+    cfg = RunConfig(backend=backend, precision=precision, threads=2, unet_batch=int(unet_batch))  # type: ignore[arg-type]
+    cfg = cfg.with_preset("fast")
     started = time.perf_counter()
     loaded, _ = open_engines(engines, cfg)
     opened = {"open_s": time.perf_counter() - started, "rss_after_open_mib": _peak_mib()}
     image = np.random.default_rng(0).random((size, size)).astype(np.float32)
     started = time.perf_counter()
-    attribute(loaded, image, cfg)
+    result = attribute(loaded, image, cfg)
     return {
-        "precision": precision,
+        "variant": variant,
         "size": size,
         **opened,
         "run_s": time.perf_counter() - started,
+        "unet_s": result.timings.stages["unet"],
         "peak_rss_mib": _peak_mib(),
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["ort-unet", "openvino"])
+    parser.add_argument("what", choices=["ort-unet", "pipeline"])
     parser.add_argument("--engines", type=Path, default=ROOT / "build" / "sd15-engines")
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one variant in this process
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     if args.one:
-        run = ort_unet if args.what == "ort-unet" else openvino
+        run = ort_unet if args.what == "ort-unet" else pipeline
         print(json.dumps(run(args.one, args.engines, args.size)), flush=True)
         return 0
-    variants = ORT_VARIANTS if args.what == "ort-unet" else ("bf16", "int8")
+    variants = ORT_VARIANTS if args.what == "ort-unet" else PIPELINE_VARIANTS
     rows = []
     for variant in variants:
         command = [sys.executable, __file__, args.what, "--one", variant, "--engines", str(args.engines)]

@@ -169,6 +169,35 @@ def test_counterfactual_and_reconstruction_share_one_unet_call_per_step(engines:
     assert np.abs(decode_latents(eng, rec, t) - got.reference).max() < 1e-5
 
 
+@pytest.mark.parametrize("unet_batch", [1, 2])
+def test_unet_batch_splits_each_step_into_smaller_calls_with_the_same_result(engines: Path, unet_batch: int) -> None:
+    """``unet_batch`` caps the rows per UNet call; the split run follows the one-call run to rounding level."""
+    from dataclasses import replace
+
+    eng, x = _input(engines)
+    counting = _CountingUnet(eng.sessions[Component.UNET])
+    eng = replace(eng, sessions={**eng.sessions, Component.UNET: counting})
+    cfg = RunConfig(steps=10, strength=0.5, guidance_min_t=0)  # inversion, then batch-3 steps
+    whole = attribute(eng, x, cfg)
+    assert max(counting.batches) == 3
+    counting.batches.clear()
+    split = attribute(eng, x, cfg.replace(unet_batch=unet_batch))
+    # the inversion pass (batch 1) is unchanged; each joint step's 3 rows go in ceil(3 / unet_batch) calls
+    joint = {1: [1, 1, 1], 2: [2, 1]}[unet_batch]
+    assert counting.batches == [1] * 5 + joint * 5
+    for name in ("counterfactual", "reference", "signed_map"):
+        a, b = getattr(whole, name), getattr(split, name)
+        assert np.abs(a - b).max() < 1e-4, name
+    masked = induce(eng, x, np.ones_like(x), RunConfig(steps=6, strength=0.5, guidance_min_t=0, unet_batch=1))
+    assert np.isfinite(masked.image).all() and counting.batches[-1] == 1
+
+
+def test_unet_batch_must_be_a_small_whole_number() -> None:
+    for bad, message in ((-1, "out of range"), (65, "out of range"), (1.5, "integer")):
+        with pytest.raises(ConfigError, match=f"unet_batch=.* {message}"):
+            RunConfig(unet_batch=bad)  # type: ignore[arg-type]
+
+
 def test_induce_changes_only_inside_the_mask(engines: Path) -> None:
     eng, x = _input(engines)
     size = x.shape[0]

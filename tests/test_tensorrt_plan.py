@@ -38,6 +38,8 @@ def _unet_batches(request: BuildRequest) -> list[int]:
         (RunConfig(mode=Mode.IMG2IMG), [1, 2]),  # guided, then the prompt alone below the interval
         (RunConfig(mode=Mode.IMG2IMG, guidance=1.0), [1]),
         (RunConfig(mode=Mode.PAIRED, finding_prompt="consolidation"), [2, 4]),
+        (RunConfig(unet_batch=2), [1, 2]),  # the batch-3 steps as a batch-2 and a batch-1 call
+        (RunConfig(mode=Mode.PAIRED, finding_prompt="consolidation", unet_batch=1), [1]),
     ],
 )
 def test_static_profiles_cover_exactly_the_shapes_a_run_uses(run: RunConfig, batches: list[int]) -> None:

@@ -176,7 +176,7 @@ def attribute(
         if not isinstance(plan, DdimPlan):
             raise ConfigError("mode=inversion needs scheduler=ddim")
         to_source = Branch(source if cfg.finding_prompt else negative)
-        invert = make_batched_denoiser(unet, [to_source], timings, ops)
+        invert = make_batched_denoiser(unet, [to_source], timings, ops, cfg.unet_batch)
         inverted = invert_ddim(invert, z, plan, on_step=progress, ops=ops)
         starts = [(inverted, cfg.seed)]
     else:
@@ -191,7 +191,7 @@ def attribute(
     recon = cfg.resolved_reference is Reference.RECONSTRUCTION
     branches = [to_target, to_source] if recon or keep is not None else [to_target]
     hold = None if keep is None else _hold(keep, engines.model.vae_scale_factor, ops)
-    denoiser = make_batched_denoiser(unet, branches, timings, ops)
+    denoiser = make_batched_denoiser(unet, branches, timings, ops, cfg.unet_batch)
     cfs, refs = [], []
     for x_t, seed in starts:
         stacked = np.concatenate([x_t] * len(branches))

@@ -78,6 +78,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, help="intra-op CPU threads (default 0: one per available CPU)")
     p.add_argument("--cuda-graph", action="store_true", default=None, help="provider cuda: run the UNet as CUDA graphs")
+    p.add_argument("--unet-batch", type=int, help="most latents per UNet call (default 0: a step's all in one call)")
     p.add_argument(
         "--loop",
         choices=[x.value for x in Loop],
@@ -293,7 +294,7 @@ def _config(args: argparse.Namespace, base: RunConfig) -> RunConfig:
         cfg = cfg.with_preset(args.preset)
     names = ["strength", "steps", "guidance", "eta", "prompt", "negative_prompt", "seed", "scheduler", "backend"]
     names += ["provider", "precision", "mode", "reference", "finding_prompt", "average", "threads", "cuda_graph"]
-    names += ["loop", "guidance_min_t"]
+    names += ["loop", "guidance_min_t", "unet_batch"]
     return cfg.replace(**{n: getattr(args, n, None) for n in names})
 
 

@@ -138,6 +138,10 @@ class RunConfig:
     threads: int = 0  # intra-op threads of the backend; 0 = one per CPU this process may use
     cuda_graph: bool = False  # capture the UNet in CUDA graphs (provider cuda; onnxruntime or tensorrt)
     loop: Loop = Loop.HOST  # the sampling loop on the host (float64 numpy) or on device arrays (float32)
+    # most latents per UNet call: a step's rows (guided and unguided, counterfactual and reconstruction) are
+    # split into calls of at most this many; 0 = all in one call.  1 bounds the UNet's activation memory (a
+    # CPU at SD1.5 size: no slower there); outputs differ from one call only at rounding level.
+    unet_batch: int = 0
     preset: str = ""  # the named preset (PRESETS) whose settings were applied first; "" = none
 
     def __post_init__(self) -> None:
@@ -160,6 +164,7 @@ class RunConfig:
         _check_number(self, "seed", int, low=0, high=2**63 - 1)
         _check_number(self, "average", int, low=1, high=64)
         _check_number(self, "threads", int, low=0)
+        _check_number(self, "unet_batch", int, low=0, high=64)
         cpus = available_cpus()
         if self.threads > THREADS_PER_CPU * cpus:
             raise ConfigError(

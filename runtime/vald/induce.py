@@ -86,7 +86,9 @@ def induce(engines: Engines, image01: F32, mask01: F32, cfg: RunConfig, *, on_st
         return inside * x_prev + (1.0 - inside) * known
 
     unet = engines.sessions[Component.UNET]
-    denoiser = make_denoiser(unet, finding, negative, cfg.guidance, timings, ops, min_t=cfg.guidance_min_t)
+    denoiser = make_denoiser(
+        unet, finding, negative, cfg.guidance, timings, ops, min_t=cfg.guidance_min_t, max_batch=cfg.unet_batch
+    )
     x_t = add_noise(z, noise, plan.start_alpha_bar)
     x0 = sample_ddim(denoiser, x_t, plan, on_step=on_step, constrain=keep_outside, ops=ops)
     decoded = decode_latents(engines, x0, timings)

@@ -76,7 +76,7 @@ class Branch:
 
 
 def make_batched_denoiser(
-    unet: Session, branches: Sequence[Branch], timings: Timings, ops: ArrayOps = HOST
+    unet: Session, branches: Sequence[Branch], timings: Timings, ops: ArrayOps = HOST, max_batch: int = 0
 ) -> Denoiser:
     """Several conditionings of several latents in one UNet call per step.
 
@@ -90,6 +90,8 @@ def make_batched_denoiser(
 
     ``ops`` says what kind of arrays ``x`` is (numpy on the host, or device arrays: then the text states,
     the timesteps and the UNet's output live on the device too, and nothing is copied per step).
+    ``max_batch`` > 0 runs that batch as consecutive UNet calls of at most ``max_batch`` rows (the run
+    setting ``unet_batch``): the same rows, less activation memory per call.
     """
     states: dict[tuple[int, tuple[bool, ...]], Any] = {}  # (rows per branch, guided) -> states as ``ops`` arrays
     timesteps: dict[tuple[int, int], Any] = {}
@@ -106,7 +108,7 @@ def make_batched_denoiser(
         if (t, size) not in timesteps:
             timesteps[(t, size)] = ops.net(np.full((size,), t, dtype=np.float32))
         feeds = {"sample": batch, "timestep": timesteps[(t, size)], "encoder_hidden_states": states[(rows, guided)]}
-        out = timings.run("unet", lambda: ops.run(unet, feeds)["out_sample"], ops)
+        out = timings.run("unet", lambda: _run_in_parts(unet, feeds, size, max_batch, ops), ops)
         results, at = [], 0
         for b, g in zip(branches, guided, strict=True):
             if g:
@@ -121,6 +123,15 @@ def make_batched_denoiser(
     return denoiser
 
 
+def _run_in_parts(unet: Session, feeds: dict[str, Any], size: int, max_batch: int, ops: ArrayOps) -> Any:
+    """The UNet's ``out_sample`` for ``feeds`` (``size`` rows), in calls of at most ``max_batch`` rows (0: one)."""
+    step = max_batch or size
+    if size <= step:
+        return ops.run(unet, feeds)["out_sample"]
+    parts = [{name: value[at : at + step] for name, value in feeds.items()} for at in range(0, size, step)]
+    return ops.cat([ops.run(unet, part)["out_sample"] for part in parts])
+
+
 def make_denoiser(
     unet: Session,
     cond: Array,
@@ -129,13 +140,14 @@ def make_denoiser(
     timings: Timings,
     ops: ArrayOps = HOST,
     min_t: int = 0,
+    max_batch: int = 0,
 ) -> Denoiser:
     """Classifier-free guidance in one batch-2 UNet call (one branch of :func:`make_batched_denoiser`).
 
     ``cond``/``uncond`` are ``[1, S, hidden]`` text states; with ``uncond`` None, ``guidance == 1``
     or a timestep below ``min_t`` the UNet runs on the conditional batch only.
     """
-    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance, min_t)], timings, ops)
+    return make_batched_denoiser(unet, [Branch(cond, uncond, guidance, min_t)], timings, ops, max_batch)
 
 
 def draw_noise(seed: int, shape: tuple[int, ...], count: int) -> list[Array]:

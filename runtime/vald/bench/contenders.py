@@ -21,6 +21,7 @@ class Contender:
     provider: str = "cpu"
     loop: Loop = Loop.HOST  # where the sampler's arithmetic runs (``--loop``)
     cuda_graph: bool = False
+    unet_batch: int = 0  # the run setting: most latents per UNet call (0 = a step's rows in one call)
 
     def unavailable(self, cfg: RunConfig, *, cuda: bool) -> str | None:
         """Why this contender cannot run here (None: it can)."""
@@ -56,6 +57,8 @@ class Contender:
 CONTENDERS = (
     Contender("vald onnxruntime fp32", "vald", Backend.ONNXRUNTIME, Precision.FP32),
     Contender("vald onnxruntime fp16", "vald", Backend.ONNXRUNTIME, Precision.FP16),
+    # the same with every UNet call at batch 1 (``unet_batch``): less activation memory (SD1.5 size on a CPU)
+    Contender("vald onnxruntime fp32 unet-batch-1", "vald", Backend.ONNXRUNTIME, Precision.FP32, unet_batch=1),
     Contender("vald openvino fp32", "vald", Backend.OPENVINO, Precision.FP32),
     Contender("vald openvino bf16", "vald", Backend.OPENVINO, Precision.BF16),
     Contender("vald openvino int8", "vald", Backend.OPENVINO, Precision.INT8),
@@ -95,8 +98,9 @@ CONTENDERS = (
     ),
 )
 # --quick leaves out the slowest contenders on a CPU: FP16 graphs (no FP16 matrix units: casts around
-# every op) and diffusers in bf16 (the torch bf16 row measures the same kernels).
-QUICK_SKIP = ("vald onnxruntime fp16", "diffusers img2img bf16")
+# every op), diffusers in bf16 (the torch bf16 row measures the same kernels) and the batch-1 UNet row (a memory
+# variant of the fp32 row).
+QUICK_SKIP = ("vald onnxruntime fp16", "diffusers img2img bf16", "vald onnxruntime fp32 unet-batch-1")
 
 
 def by_name(names: str | None, *, quick: bool) -> tuple[Contender, ...]:

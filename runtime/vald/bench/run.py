@@ -145,7 +145,7 @@ def bench_subject(
                     "model_dir": str(subject.model_dir) if subject.model_dir else None,
                     "settings": {**settings, "backend": c.backend.value, "precision": c.precision.value}
                     | {"provider": c.provider, "threads": cfg.resolved_threads}
-                    | {"loop": c.loop.value, "cuda_graph": c.cuda_graph},
+                    | {"loop": c.loop.value, "cuda_graph": c.cuda_graph, "unet_batch": c.unet_batch},
                     "image": str(image),
                     "size": size,
                     "repeats": repeats,
