@@ -3,10 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SETUP := $(VENV)/.installed
+# The demo's graphs are tracked packed, at half their bytes (export/vald_export/f16pack.py: their fp16-exact fp32
+# weights stored as fp16); unpacking needs only python3 and writes a graph only if it hashes to the original.
+DEMO_GRAPHS := $(patsubst %.f16pack,%,$(wildcard engines/demo/fp32/*.onnx.f16pack))
 
 .PHONY: setup demo node retrain bench bench-quick bench-attribution bench-eval quantize-demo test lint clean
 
-setup: $(SETUP)
+setup: $(SETUP) $(DEMO_GRAPHS)
+
+$(DEMO_GRAPHS): %: %.f16pack
+	$(PYTHON) export/vald_export/f16pack.py unpack $<
 
 $(SETUP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +42,7 @@ $(NODE_VENV)/.installed: pyproject.toml constraints.txt
 	$(NODE_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[node]'
 	touch $@
 
-demo: $(RUN_SETUP)
+demo: $(RUN_SETUP) $(DEMO_GRAPHS)
 	$(RUN_VENV)/bin/vald run engines/demo/samples/consolidation.png engines/demo/samples/*.dcm \
 		--engines engines/demo --out $(DEMO_OUT)
 	$(RUN_VENV)/bin/vald induce engines/demo/samples/normal.png --mask engines/demo/samples/induce_mask_left_lower_zone.png \
@@ -71,7 +77,7 @@ bench-attribution: setup build/demo-int8/int8/unet.xml
 # trajectories of 20 phantoms from seeds no benchmark uses (offset 1500): about 4 minutes on 2 cores.
 quantize-demo: build/demo-int8/int8/unet.xml
 
-build/demo-int8/int8/unet.xml: $(SETUP) engines/demo/manifest.json
+build/demo-int8/int8/unet.xml: $(SETUP) $(DEMO_GRAPHS) engines/demo/manifest.json
 	rm -rf build/demo-int8 build/calib-demo
 	mkdir -p build/demo-int8
 	cp -r engines/demo/fp32 engines/demo/tokenizer engines/demo/manifest.json build/demo-int8/

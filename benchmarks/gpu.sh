@@ -31,6 +31,10 @@ if ! command -v nvidia-smi >/dev/null 2>&1; then
     exit 0
 fi
 nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv,noheader | tee "$RESULTS/gpu-env.txt"
+# the demo's graphs are tracked packed (export/vald_export/f16pack.py; python3 alone unpacks them)
+for pack in engines/demo/fp32/*.onnx.f16pack; do
+    [ -e "${pack%.f16pack}" ] || python3 export/vald_export/f16pack.py unpack "$pack" || exit 2
+done
 
 # 2. packages (the CPU torch pin of constraints.txt is left out here: this venv reuses the machine's CUDA build)
 WHEELS=${WHEELS:-}

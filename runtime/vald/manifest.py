@@ -252,7 +252,9 @@ class Manifest:
         for rel, digest in expected.items():
             path = self.path(rel)
             if not path.is_file():
-                raise EngineMismatchError(f"engine file {rel} listed in {MANIFEST_NAME} is missing")
+                packed = path.with_name(path.name + ".f16pack")  # a graph shipped packed (engines/demo)
+                hint = f" ({rel}.f16pack is there: `make setup` unpacks it)" if packed.is_file() else ""
+                raise EngineMismatchError(f"engine file {rel} listed in {MANIFEST_NAME} is missing{hint}")
             if not rehash and stamps.trusted_sha256(rel) == digest:
                 continue
             actual = sha256_file(path)

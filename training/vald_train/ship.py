@@ -93,6 +93,7 @@ def plot_losses(training: Path) -> None:
 def ship(work: Path, out: Path, log: Any = print) -> Path:
     """Build the demo engine folder from ``work`` (a finished ``python -m vald_train`` run)."""
     from vald_export.export import export_model
+    from vald_export.f16pack import pack_file
 
     stage = out.parent / f".{out.name}.ship"
     shutil.rmtree(stage, ignore_errors=True)
@@ -107,6 +108,8 @@ def ship(work: Path, out: Path, log: Any = print) -> Path:
     manifest = json.loads((stage / "manifest.json").read_text(encoding="utf-8"))
     manifest["source"]["path"] = "model"  # bundled: the torch reference finds it beside the manifest
     (stage / "manifest.json").write_text(strictjson.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    for graph in sorted((stage / "fp32").glob("*.onnx")):  # tracked packed; `make setup` unpacks them
+        pack_file(graph)
     write_samples(stage / "samples")
     training = stage / "training"
     training.mkdir()
