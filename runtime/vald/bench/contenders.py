@@ -42,10 +42,12 @@ class Contender:
             if cfg.guidance_min_t:
                 return "diffusers' pipeline guides every step (run the bench with --guidance-min-t 0)"
         if self.precision is Precision.INT8:
-            from vald.cpu import cpu_flags
-            from vald.sessions.openvino import INT8_UNITS
+            from vald.errors import BackendUnavailableError
+            from vald.sessions.openvino import check_int8_cpu
 
-            if not cpu_flags() & set(INT8_UNITS):
+            try:
+                check_int8_cpu()
+            except BackendUnavailableError:
                 return "this CPU has no int8 dot-product units (VNNI or AMX)"
         if self.provider == "cuda" and not cuda:
             return "no CUDA device"
