@@ -123,13 +123,13 @@ def test_optimised_graphs_are_cached_and_compute_the_same(fresh: Path) -> None:
 def test_an_unwritable_engine_folder_runs_without_cache(fresh: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read-only install: no stamps, no cached graphs, and provenance says so (root ignores chmod)."""
     import vald.cache as cache
-    import vald.sessions.ort as ort_sessions
+    import vald.sessions.ort_cache as ort_cache
 
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(cache, "write_atomic", refuse)
-    monkeypatch.setattr(ort_sessions, "cache_dir", lambda *_args: None)
+    monkeypatch.setattr(ort_cache, "cache_dir", lambda *_args: None)
     engines, provenance = open_engines(fresh, RunConfig())
     assert provenance["startup"]["cache_writable"] is False
     assert not any(s["cached"] for s in provenance["sessions"].values())
@@ -145,7 +145,7 @@ def _unet_cache(root: Path, provenance: dict) -> Path:
     digest = provenance["engine_files_sha256"]["fp32/unet.onnx"]
     import onnxruntime as ort
 
-    from vald.sessions.ort import cpu_flags_sha
+    from vald.sessions.ort_cache import cpu_flags_sha
 
     key = hashlib.sha256(json.dumps([digest, ort.__version__, cpu_flags_sha()]).encode()).hexdigest()[:24]
     return root / CACHE_DIR / "ort" / key

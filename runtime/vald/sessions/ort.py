@@ -15,13 +15,7 @@ API and have not been run here.
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import os
-import shutil
 import sys
-import warnings
 from collections.abc import Mapping
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,13 +24,12 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from vald.cache import StampStore, cache_dir
 from vald.config import Precision, Provider, RunConfig
-from vald.cpu import cpu_flags_line
-from vald.errors import BackendUnavailableError, CacheWarning, EngineMismatchError
-from vald.manifest import Manifest, sha256_file
+from vald.errors import BackendUnavailableError, EngineMismatchError
+from vald.manifest import Manifest
 from vald.privacy import quiet_dependencies
 from vald.sessions import BoundSession, SessionInfo, check_bindings, graph_precision
+from vald.sessions.ort_cache import cached_graph, discard_cache, publish_graph
 from vald.sessions.provider_log import (
     Captured,
     competing_distributions,
@@ -51,7 +44,6 @@ _EP = {
     Provider.CUDA: "CUDAExecutionProvider",
     Provider.TENSORRT: "TensorrtExecutionProvider",
 }
-OPTIMIZED = "optimized.onnx"  # a cached optimised graph, inside a folder named by its key
 
 
 def _options(threads: int, *, optimize: bool, save_to: Path | None) -> Any:
@@ -282,106 +274,6 @@ def _providers(cfg: RunConfig, cache: Path) -> list[Any]:
     return [ep]
 
 
-@functools.cache
-def cpu_flags_sha() -> str:
-    """Hash of this CPU's instruction-set flags (an optimised graph may use kernels only they allow)."""
-    flags = cpu_flags_line()
-    if flags is None:  # pragma: no cover - not Linux
-        flags = os.uname().machine
-    return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
-
-
-def _cached_graph(manifest: Manifest, rel: str, digest: str) -> tuple[Path, str, tuple[Path, Path] | None]:
-    """Where to load ``rel`` from.
-
-    Returns (path, the cached optimised graph's sha256 or "" when it is the engine file itself, and the
-    (staging file, final folder) pair to write and publish an optimised graph to, or None).  A cache that
-    fails its check is removed here with one warning (see :mod:`vald.cache`).
-    """
-    import onnxruntime as ort
-
-    key = hashlib.sha256(json.dumps([digest, ort.__version__, cpu_flags_sha()]).encode()).hexdigest()[:24]
-    folder = cache_dir(manifest.root, "ort")
-    source = manifest.root / rel
-    if folder is None:
-        return source, "", None
-    final = folder / key
-    members = [final / OPTIMIZED, final / f"{OPTIMIZED}.data"]
-    if final.exists():
-        stamps = StampStore(manifest.root)
-        problem = _cache_problem(stamps, members)
-        if problem is None:
-            return members[0], _cache_digest(stamps, members), None
-        discard_cache(manifest.root, final, rel, problem)
-    for stale in folder.glob(f".{key}.*"):  # left by a process killed while writing (GBs each at SD size)
-        if not _alive(stale.name.rsplit(".", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
-    staging = folder / f".{key}.{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    return source, "", (staging / OPTIMIZED, final)
-
-
-def _cache_problem(stamps: StampStore, members: list[Path]) -> str | None:
-    """Why the cached graph's files cannot be trusted, or None: stamps match and the content hashes agree."""
-    for member in members:
-        rel = str(member.relative_to(stamps.root))
-        if stamps.recorded_sha256(rel) is None:
-            return f"{member.name} has no stamp (written by another vald version, or cut short)"
-        if stamps.trusted_sha256(rel) is None:
-            return f"{member.name} was changed after it was written (size, times or inode differ)"
-        if not stamps.content_matches(rel):
-            return f"{member.name} no longer has the sha256 recorded when it was written"
-    return None
-
-
-def _cache_digest(stamps: StampStore, members: list[Path]) -> str:
-    """One sha256 over the cached graph's recorded file hashes (what result.json records)."""
-    recorded = [stamps.recorded_sha256(str(m.relative_to(stamps.root))) or "" for m in members]
-    return hashlib.sha256("".join(recorded).encode()).hexdigest()
-
-
-def discard_cache(root: Path, final: Path, rel: str, problem: str) -> None:
-    """Remove a cached graph that cannot be trusted, saying so once; it is rebuilt from the engine file."""
-    warnings.warn(
-        f"cached optimised graph {final.relative_to(root)} discarded: {problem}; rebuilding it from {rel}",
-        CacheWarning,
-        stacklevel=3,
-    )
-    stamps = StampStore(root)
-    for member in (final / OPTIMIZED, final / f"{OPTIMIZED}.data"):
-        stamps.forget(str(member.relative_to(root)))
-    stamps.save()
-    shutil.rmtree(final, ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    """Whether ``pid`` (text) names a running process."""
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _publish(manifest: Manifest, staged: Path, final: Path) -> None:
-    """Move a freshly written optimised graph's folder into place as ``final`` and stamp its files."""
-    data = staged.with_name(f"{OPTIMIZED}.data")
-    if not data.exists():
-        data.write_bytes(b"")  # a graph small enough to keep its weights inline: same layout every time
-    try:
-        staged.parent.rename(final)
-    except OSError:  # another process published it first
-        shutil.rmtree(staged.parent, ignore_errors=True)
-        return
-    stamps = StampStore(manifest.root)
-    for member in (final / OPTIMIZED, final / f"{OPTIMIZED}.data"):
-        stamps.record(str(member.relative_to(manifest.root)), sha256_file(member))
-    stamps.save()
-
-
 def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, OrtSession]:
     """Open the manifest's graphs (TensorRT EP builds FP16 from the FP32 graphs) with ``cfg``'s threads."""
     precision = graph_precision(cfg) or Precision.FP32
@@ -395,7 +287,7 @@ def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, Ort
         component_providers = [(providers[0], {"enable_cuda_graph": "1"})] if graphs else providers
         for last_try in (False, True):
             if cfg.provider is Provider.CPU:
-                path, cached, publish = _cached_graph(manifest, rel, hashes[rel])
+                path, cached, publish = cached_graph(manifest, rel, hashes[rel])
             else:
                 path, cached, publish = source, "", None  # GPU providers keep their own caches
             try:
@@ -419,5 +311,5 @@ def open_ort_sessions(manifest: Manifest, cfg: RunConfig) -> dict[Component, Ort
                 continue
             break
         if publish is not None:
-            _publish(manifest, *publish)
+            publish_graph(manifest, *publish)
     return sessions
