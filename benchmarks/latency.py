@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vald.bench.contenders import by_name
+from vald.pipeline import part_sizes
 
 ROOT = Path(__file__).resolve().parents[1]
 VALD = [sys.executable, "-m", "vald.cli"]
@@ -64,11 +65,10 @@ DEFAULT_CALLS = {1: 35, 3: 5, 2: 30}  # batch -> calls
 
 
 def calls_at(unet_batch: int) -> dict[int, int]:
-    """DEFAULT_CALLS as a run with setting ``unet_batch`` makes them (a batch-b step in calls of at most that)."""
+    """DEFAULT_CALLS as a run with setting ``unet_batch`` makes them (the split the denoiser itself uses)."""
     calls: dict[int, int] = {}
     for batch, n in DEFAULT_CALLS.items():
-        step = unet_batch or batch
-        for part in [step] * (batch // step) + ([batch % step] if batch % step else []):
+        for part in part_sizes(batch, unet_batch):
             calls[part] = calls.get(part, 0) + n
     return calls
 

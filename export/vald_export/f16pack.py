@@ -50,7 +50,6 @@ def fp16_spans(graph: bytes) -> list[tuple[int, int]]:
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
         raise PackError("the graph keeps its weights in external data files: pack works on single-file graphs")
     spans: list[tuple[int, int]] = []
-    taken: list[tuple[int, int]] = []
     for tensor in model.graph.initializer:
         raw = tensor.raw_data
         if tensor.data_type != onnx.TensorProto.FLOAT or len(raw) < MIN_BYTES:
@@ -59,11 +58,10 @@ def fp16_spans(graph: bytes) -> list[tuple[int, int]]:
         if not np.array_equal(values.astype(np.float16).astype("<f4").view("<u4"), values.view("<u4")):
             continue
         at = graph.find(raw)
-        while at >= 0 and any(at < end and start < at + len(raw) for start, end in taken):
+        while at >= 0 and any(at < start + length and start < at + len(raw) for start, length in spans):
             at = graph.find(raw, at + 1)
         if at < 0:
             raise PackError(f"weight {tensor.name!r} not found in the serialised graph")
-        taken.append((at, at + len(raw)))
         spans.append((at, len(raw)))
     return sorted(spans)
 

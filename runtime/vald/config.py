@@ -140,7 +140,7 @@ class RunConfig:
     loop: Loop = Loop.HOST  # the sampling loop on the host (float64 numpy) or on device arrays (float32)
     # most latents per UNet call: a step's rows (guided and unguided, counterfactual and reconstruction) are
     # split into calls of at most this many; 0 = all in one call.  1 bounds the UNet's activation memory (a
-    # CPU at SD1.5 size: no slower there); outputs differ from one call only at rounding level.
+    # CPU at SD1.5 size: as fast within noise there); outputs differ from one call only at rounding level.
     unet_batch: int = 0
     preset: str = ""  # the named preset (PRESETS) whose settings were applied first; "" = none
 

@@ -123,13 +123,22 @@ def make_batched_denoiser(
     return denoiser
 
 
-def _run_in_parts(unet: Session, feeds: dict[str, Any], size: int, max_batch: int, ops: ArrayOps) -> Any:
-    """The UNet's ``out_sample`` for ``feeds`` (``size`` rows), in calls of at most ``max_batch`` rows (0: one)."""
+def part_sizes(size: int, max_batch: int) -> list[int]:
+    """Rows of each UNet call when a step's ``size`` rows go in calls of at most ``max_batch`` (0: one call)."""
     step = max_batch or size
-    if size <= step:
+    return [min(step, size - at) for at in range(0, size, step)]
+
+
+def _run_in_parts(unet: Session, feeds: dict[str, Any], size: int, max_batch: int, ops: ArrayOps) -> Any:
+    """The UNet's ``out_sample`` for ``feeds`` (``size`` rows), in calls of :func:`part_sizes` rows."""
+    parts = part_sizes(size, max_batch)
+    if len(parts) == 1:
         return ops.run(unet, feeds)["out_sample"]
-    parts = [{name: value[at : at + step] for name, value in feeds.items()} for at in range(0, size, step)]
-    return ops.cat([ops.run(unet, part)["out_sample"] for part in parts])
+    outs, at = [], 0
+    for rows in parts:
+        outs.append(ops.run(unet, {name: value[at : at + rows] for name, value in feeds.items()})["out_sample"])
+        at += rows
+    return ops.cat(outs)
 
 
 def make_denoiser(
