@@ -1,7 +1,8 @@
 """A real Ray cluster on loopback for the tests and the cluster benchmark: a head and a second node.
 
 Both are started with `ray start` in ``net`` (a private network namespace when the machine allows one),
-with token authentication, usage statistics off and no dashboard, and stopped by PID.
+under `vald bound` (every Ray listener on its node's address), with token authentication, usage statistics off
+and no dashboard, and stopped by PID.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from dicomnet import Netns, wait_for
 
 RAY = Path(sys.executable).with_name("ray")
+VALD = Path(sys.executable).with_name("vald")
 HEAD, WORKER = "127.0.0.2", "127.0.0.3"
 
 
@@ -36,6 +38,7 @@ class Cluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN_PATH": str(token),
             "RAY_USAGE_STATS_ENABLED": "0",
+            "XDG_CACHE_HOME": str(folder / "cache"),  # where `vald bound` builds libvald_bind
         }
         self.port = net.free_port()
         self.address = f"{HEAD}:{self.port}"
@@ -62,13 +65,15 @@ class Cluster:
 
     def start_head(self) -> None:
         """Start the head on 127.0.0.2 (no dashboard, usage stats off, its temp folder)."""
-        self._start([str(RAY), "start", "--head", "--node-ip-address", HEAD, "--port", str(self.port),
+        self._start([str(VALD), "bound", HEAD, "--",
+                     str(RAY), "start", "--head", "--node-ip-address", HEAD, "--port", str(self.port),
                      "--disable-usage-stats", "--include-dashboard=false", "--num-cpus", str(self.head_cpus),
                      "--temp-dir", str(self.temp)])  # fmt: skip
 
     def start_worker_node(self) -> None:
         """(Re)start the second node on 127.0.0.3."""
-        self._start([str(RAY), "start", "--address", self.address, "--node-ip-address", WORKER,
+        self._start([str(VALD), "bound", WORKER, "--",
+                     str(RAY), "start", "--address", self.address, "--node-ip-address", WORKER,
                      "--disable-usage-stats", "--num-cpus", str(self.worker_cpus)])  # fmt: skip
 
     def _start(self, argv: list[str]) -> None:

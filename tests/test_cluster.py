@@ -1,8 +1,8 @@
 """`vald run --cluster` on a real two-node Ray cluster on loopback (issue 24).
 
-The head runs on 127.0.0.2 and a second node on 127.0.0.3, both started here with `ray start` (token
-authentication, usage statistics off, no dashboard), inside a private network namespace when the machine
-allows one (Ray's GCS and raylets listen on every interface of their namespace).  Each node offers one CPU;
+The head runs on 127.0.0.2 and a second node on 127.0.0.3, both started here with `ray start` under
+`vald bound` (token authentication, usage statistics off, no dashboard), inside a private network namespace
+when the machine allows one.  Each node offers one CPU;
 workers run one thread each.  Every process the cluster started is stopped by PID at the end, and none may
 be left.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from dicomnet import REPO, Netns, send_storescu, wait_for
-from raycluster import Cluster
+from raycluster import HEAD, WORKER, Cluster
 
 pytest.importorskip("ray")
 pydicom = pytest.importorskip("pydicom")
@@ -242,13 +242,14 @@ def _node_on(cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     from dicomnet import Node, Orthanc, node_toml
 
     for name, value in cluster.env.items():
-        if name.startswith("RAY_"):
+        if name.startswith("RAY_") or name == "XDG_CACHE_HOME":
             monkeypatch.setenv(name, value)
     port = cluster.net.free_port()
     pacs = Orthanc(cluster.net, tmp_path / "orthanc", aet="PACS", known={"vald": ("VALD", port)})
     destinations = [{"name": "pacs", "kind": "dimse", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.dicom_port}]
     config = node_toml(tmp_path, port, destinations, steps=steps)
-    config.write_text(config.read_text() + f'\n[cluster]\naddress = "{cluster.address}"\nworkers = 2\nthreads = 1\n')
+    extra = f'\n[cluster]\naddress = "{cluster.address}"\nworkers = 2\nthreads = 1\nbind = "{HEAD}"\n'
+    config.write_text(config.read_text() + extra)  # bind: the node restarts itself under libvald_bind
     return Node(cluster.net, config, tmp_path / "node.log"), pacs, port
 
 
@@ -381,3 +382,37 @@ def test_a_cluster_run_connects_only_to_the_cluster(cluster: Cluster, tmp_path: 
         for m in re.findall(r'inet_(?:addr|pton)\((?:AF_INET6?, )?"([^"]+)"', line)
     }
     assert calls and addresses <= {"127.0.0.2", "127.0.0.3"}, sorted(addresses)
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2)")
+def test_every_ray_listener_of_the_cluster_and_the_driver_is_on_its_node_address(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Ray 2.60 listens on every interface and has no setting for it: the nodes run under `vald bound` and the
+    driver is given --cluster-bind (it restarts itself under libvald_bind, keeping its PID)."""
+    inputs = [str(SAMPLES / f"{n}.png") for n in ("normal", "nodule", "effusion")]
+    argv = [str(VALD), "run", *inputs, "--engines", str(REPO / "engines" / "demo"), "--threads", "1"]
+    argv += ["--out", str(tmp_path / "o"), "--cluster", cluster.address, "--workers", "2", "--steps", "200"]
+    run = cluster.net.popen([*argv, "--cluster-bind", HEAD], env=cluster.env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for(lambda: len(cluster.actors()) == 2 or run.poll() is not None, 180, "the run's two Ray workers")
+        table = cluster.net.run(["ss", "-ltnupH"], capture_output=True, text=True, timeout=30).stdout
+        ours = cluster.pids() | {run.pid}
+        _, stderr = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, stderr[-3000:]
+    listeners = []  # (address, the processes that hold the socket)
+    for line in table.splitlines():
+        local, users = line.split()[4], line.partition("users:")[2]
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", users)}
+        if pids & ours:
+            names = set(re.findall(r'\("([^"]+)"', users))
+            listeners.append((local.rpartition(":")[0].strip("[]").removeprefix("::ffff:"), names, pids))
+    held = {n for _, names, _ in listeners for n in names}
+    assert {"gcs_server", "raylet"} <= held and any(n.startswith("ray::RayWorker") for n in held), table
+    assert any(run.pid in pids for _, _, pids in listeners), "the driver's own Ray listener was not found"
+    wrong = [(a, sorted(n)) for a, n, _ in listeners if a not in (HEAD, WORKER)]
+    assert wrong == [], wrong

@@ -70,7 +70,9 @@ def _commands(text: str, names: set[str]) -> list[tuple[str, str]]:
         for part in re.split(r"(?=\bvald )", span)[1:]:
             words = part.split(maxsplit=2)
             if len(words) >= 2 and words[1] in names:
-                tail = re.split(r"[|;&#]|\bthen\b", words[2] if len(words) > 2 else "")[0]
+                # the flags end at a pipe, a new command, or "--" (what follows is another program's, e.g.
+                # `vald bound IP -- ray start --head`)
+                tail = re.split(r"[|;&#]|\bthen\b|\s--(?=\s|$)", words[2] if len(words) > 2 else "")[0]
                 found.append((words[1], tail))
     return found
 
@@ -86,6 +88,7 @@ def test_every_vald_flag_in_the_docs_exists(page: Path) -> None:
 
 def test_the_flag_check_can_fail() -> None:
     options = _subcommands()
-    found = _commands("run `vald serve --config x --no-such-flag` and `vald bench --image a`", set(options))
-    assert found == [("serve", "--config x --no-such-flag"), ("bench", "--image a")]
+    text = "run `vald serve --config x --no-such-flag` and `vald bench --image a` and `vald bound 10.0.0.1 -- ray x`"
+    found = _commands(text, set(options))
+    assert found == [("serve", "--config x --no-such-flag"), ("bench", "--image a"), ("bound", "10.0.0.1")]
     assert "--no-such-flag" not in options["serve"] and "--image" in options["bench"]

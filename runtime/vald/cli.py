@@ -153,7 +153,7 @@ def _run_on_cluster(args: argparse.Namespace, cfg: RunConfig, inputs: list[Path]
     if args.keep_mask:
         raise ConfigError("--keep-mask applies to one input: run it without --cluster")
     executor, settings_sha, model_sha = open_cluster(
-        args.engines, cfg, options, cluster_config(args.cluster, args.workers, cfg)
+        args.engines, cfg, options, cluster_config(args.cluster, args.workers, cfg, args.cluster_bind)
     )
     info = {"model_sha256": model_sha, "inputs": len(inputs), "vald": __version__, "workers": args.workers}
     try:
@@ -278,7 +278,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         from vald.cluster.run import cluster_config, open_cluster
         from vald.cluster.worker import with_threads
 
-        cluster = cluster_config(args.cluster, args.workers, cfg)
+        cluster = cluster_config(args.cluster, args.workers, cfg, args.cluster_bind)
         cfg = with_threads(cfg, cluster.threads)
         executor = open_cluster(args.engines, cfg, DEFAULT_OUTPUTS, cluster)[0]
     try:
@@ -306,6 +306,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from vald.node.config import NodeConfig
 
     cfg = NodeConfig.load(args.config)
+    only_spool = args.status or args.requeue or args.requeue_all
+    if cfg.cluster is not None and cfg.cluster.bind is not None and not only_spool:
+        _bind_listeners(args, cfg.cluster.bind)
     if args.status:
         return service.print_status(cfg)
     if args.requeue or args.requeue_all:
@@ -318,6 +321,21 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"`vald serve` needs the node extra: pip install 'vald[node]' ({exc.name} is missing)"
         ) from None
     return service.serve(cfg, quiet=args.quiet)
+
+
+def _bind_listeners(args: argparse.Namespace, address: str) -> None:
+    """Ray's listeners in this process on ``address`` alone: restart this command under libvald_bind if needed."""
+    from vald.cluster.bind import enter
+
+    enter(address, [sys.executable, "-c", "import sys; from vald.cli import main; sys.exit(main())", *args.argv])
+
+
+def _cmd_bound(args: argparse.Namespace) -> int:
+    from vald.cluster.bind import run_bound
+
+    command = args.bound_command[1:] if args.bound_command[:1] == ["--"] else args.bound_command
+    run_bound(args.address, command)
+    return 0  # not reached: run_bound replaces this process
 
 
 def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -334,6 +352,7 @@ _python_show_warning = warnings.showwarning
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vald`` console script."""
     args = build_parser(__doc__).parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     warnings.showwarning = _show_warning
     try:
         with stop_on_signals():
@@ -357,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the chosen command."""
+    if getattr(args, "cluster_bind", None) is not None:
+        if args.cluster is None:
+            raise ConfigError("--cluster-bind applies with --cluster")
+        _bind_listeners(args, args.cluster_bind)
     commands = {
         "run": _cmd_run,
         "induce": _cmd_induce,
@@ -364,6 +387,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         "bench": _cmd_bench,
         "eval": _cmd_eval,
         "serve": _cmd_serve,
+        "bound": _cmd_bound,
     }
     if args.command in commands:
         return commands[args.command](args)

@@ -188,6 +188,12 @@ def _cluster_flags(p: argparse.ArgumentParser) -> None:
         help="compute on a Ray cluster: the head's HOST:PORT, or auto (this machine's); needs vald[cluster]",
     )
     p.add_argument("--workers", type=int, default=1, help="--cluster: Ray workers, each with --threads threads (1)")
+    p.add_argument(
+        "--cluster-bind",
+        metavar="IP",
+        help="--cluster: this machine's IPv4 address in the cluster; Ray's listeners in this process bind to it "
+        "alone (vald restarts itself under libvald_bind; docs/cluster.md)",
+    )
 
 
 def _export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -248,6 +254,16 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--quiet", action="store_true", help="warnings and errors only")
 
 
+def _bound_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "bound",
+        help="run a command (e.g. `ray start`) with its listeners bound to one IPv4 address (libvald_bind; "
+        "docs/cluster.md)",
+    )
+    p.add_argument("address", help="this machine's IPv4 address in the cluster")
+    p.add_argument("bound_command", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the command to run")
+
+
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The argument parser (also used by the docs' flag check); ``description`` heads ``vald --help``."""
     parser = argparse.ArgumentParser(prog="vald", description=description)
@@ -257,5 +273,6 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     _bench_parser(sub)
     _eval_parser(sub)
     _serve_parser(sub)
+    _bound_parser(sub)
     _export_parser(sub)
     return parser

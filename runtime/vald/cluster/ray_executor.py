@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vald.batch import internal_error
+from vald.cluster.bind import active, check_address
 from vald.cluster.executor import Outcome, Task
 from vald.cluster.worker import EngineWorker, WorkerSpec, node_name
 from vald.errors import BackendUnavailableError, ClusterError, ConfigError, ValdError
@@ -42,6 +43,7 @@ class ClusterConfig:
     gpu: bool = False  # one GPU per worker (provider cuda / tensorrt)
     retries: int = 2  # a dead worker's input is tried this many more times
     start_timeout_s: float = 300.0  # to place and open every worker
+    bind: str | None = None  # this process's IPv4 address: Ray's listeners here bind to it alone (vald.cluster.bind)
 
     def __post_init__(self) -> None:
         if self.address != "auto":
@@ -52,6 +54,8 @@ class ClusterConfig:
             raise ConfigError(f"--workers {self.workers}: expected 1 to {MAX_WORKERS}")
         if self.threads < 1:
             raise ConfigError(f"threads={self.threads}: a cluster worker needs a fixed number of threads (>= 1)")
+        if self.bind is not None:
+            check_address(self.bind)
 
 
 def connect(cluster: ClusterConfig) -> Any:
@@ -60,6 +64,8 @@ def connect(cluster: ClusterConfig) -> Any:
     mode = os.environ.setdefault("RAY_AUTH_MODE", "token")
     if mode != "token":
         raise ConfigError(f"RAY_AUTH_MODE={mode!r}: vald joins only clusters with token authentication ('token')")
+    if cluster.bind is not None and not active(cluster.bind):
+        raise ClusterError(f"bind address {cluster.bind}: this process is not running under libvald_bind")
     try:
         import ray
     except ImportError:

@@ -13,13 +13,14 @@ from vald.cluster.worker import WorkerSpec, with_threads
 from vald.config import OutputOptions, Provider, RunConfig
 
 
-def cluster_config(address: str, workers: int, cfg: RunConfig) -> ClusterConfig:
+def cluster_config(address: str, workers: int, cfg: RunConfig, bind: str | None = None) -> ClusterConfig:
     """Workers of ``cfg.threads`` threads (1 when 0: a worker's thread count must not depend on its node)."""
     return ClusterConfig(
         address=address,
         workers=workers,
         threads=cfg.threads or 1,
         gpu=cfg.provider in (Provider.CUDA, Provider.TENSORRT),
+        bind=bind,
     )
 
 

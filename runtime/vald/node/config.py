@@ -20,6 +20,7 @@ strength = 0.7
 [cluster]                             # optional: process on a Ray cluster (vald[cluster]; see docs/cluster.md)
 address = "10.0.0.10:6379"            # the head's host:port, or "auto"
 workers = 2                           # instances in flight; each worker reserves `threads` CPUs (or a GPU)
+bind = "10.0.0.10"                    # optional: this machine's address; Ray's listeners here bind to it alone
 
 [[destination]]
 name = "pacs"
@@ -304,15 +305,18 @@ def _destination(data: dict[str, Any], index: int) -> Destination:
 
 
 def _cluster(data: dict[str, Any], run: RunConfig) -> ClusterConfig:
-    """``[cluster]``: address (required), workers (1), threads (the run's threads, else 1)."""
+    """``[cluster]``: address (required), workers (1), threads (the run's threads, else 1), bind (none)."""
     address = data.pop("address", None)
     if not isinstance(address, str):
         raise ConfigError("[cluster] address must be 'auto' or the Ray head's \"host:port\"")
     workers = _number(data, "workers", 1, "[cluster] ", low=1, integer=True)
     threads = _number(data, "threads", run.threads or 1, "[cluster] ", low=1, integer=True)
-    _no_more(data, "[cluster]", ["address", "workers", "threads"])
+    bind = data.pop("bind", None)
+    if bind is not None and not isinstance(bind, str):
+        raise ConfigError("[cluster] bind must be this machine's IPv4 address in the cluster, as a string")
+    _no_more(data, "[cluster]", ["address", "workers", "threads", "bind"])
     gpu = run.provider in (Provider.CUDA, Provider.TENSORRT)
-    return ClusterConfig(address=address, workers=int(workers), threads=int(threads), gpu=gpu)
+    return ClusterConfig(address=address, workers=int(workers), threads=int(threads), gpu=gpu, bind=bind)
 
 
 def _delivery(data: dict[str, Any]) -> Delivery:
