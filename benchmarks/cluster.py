@@ -2,7 +2,8 @@
 
 Not a timed test: on the same inputs and settings (the shipped demo engines, one thread per worker), it
 records the local executor (this process, one input after another) and the Ray executor with 1, 2 and 4
-workers on a one-node loopback cluster started here (`ray start`, token auth, as in tests/test_cluster.py):
+workers on a one-node loopback cluster started here (`vald bound … -- ray start`, token auth, as in
+tests/test_cluster.py; this process, the driver, restarts itself under libvald_bind as `--cluster-bind` does):
 start-up (joining, placing the workers, opening their engines), inputs per minute after start-up, and the
 cluster path's overhead per input (object transfer, scheduling) as a ratio to the local compute time.
 
@@ -23,11 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from dicomnet import REPO, Netns
-from raycluster import Cluster
+from raycluster import HEAD, Cluster
 
 from vald.app import attribution_settings_sha256, describe_engines
 from vald.bench.environment import environment
 from vald.cluster.batch import run_on
+from vald.cluster.bind import enter
 from vald.cluster.executor import Executor, LocalExecutor
 from vald.cluster.ray_executor import ClusterConfig
 from vald.cluster.run import open_cluster
@@ -80,6 +82,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
+    enter(HEAD, [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:]])  # the driver as `--cluster-bind`
     cfg = RunConfig(threads=1)
     sha = attribution_settings_sha256(cfg, describe_engines(ENGINES, cfg), DEFAULT_OUTPUTS)
     files = inputs(1)
@@ -93,7 +96,7 @@ def main() -> int:
         os.environ.update({k: v for k, v in cluster.env.items() if k.startswith("RAY_")})
         try:
             for n in args.workers:
-                config = ClusterConfig(address=cluster.address, workers=n, threads=1)
+                config = ClusterConfig(address=cluster.address, workers=n, threads=1, bind=HEAD)
                 factory = lambda config=config: open_cluster(ENGINES, cfg, DEFAULT_OUTPUTS, config)[0]  # noqa: E731
                 rows[f"ray x{n}"] = timed(factory, files, root / f"r{n}", sha)
         finally:
@@ -108,7 +111,8 @@ def main() -> int:
     body = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "what": "vald run on the demo engines, 10 inputs (5 DX + 5 PNG), 1 thread per worker, default settings",
-        "cluster": "one Ray node on loopback, token auth, as many CPUs as the largest worker count",
+        "cluster": "one Ray node on loopback under vald bound (the driver too), token auth, as many CPUs as the "
+        "largest worker count",
         "rows": rows,
         "environment": {**environment(), "platform": platform.platform(), "cpus": os.cpu_count()},
     }

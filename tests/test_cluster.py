@@ -69,6 +69,7 @@ def test_a_cluster_run_equals_the_local_run_and_resumes(cluster: Cluster, tmp_pa
     common = ["--engines", str(REPO / "engines" / "demo"), "--threads", "1", "--quiet"]
     done = _vald(cluster, "run", *inputs, *common, "--out", str(remote), "--cluster", cluster.address, "--workers", "2")
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "vald: warning: Ray listens on every interface" in done.stderr  # no --cluster-bind given
     # the run's workers end with it (Ray names an actor's process after its class); idle pool workers are the
     # cluster's own and go with it (the fixture stops every process of the cluster by PID)
     wait_for(lambda: not cluster.actors(), 30, "the run's Ray workers to end")
@@ -404,6 +405,7 @@ def test_every_ray_listener_of_the_cluster_and_the_driver_is_on_its_node_address
         if run.poll() is None:
             run.kill()
     assert run.returncode == 0, stderr[-3000:]
+    assert "Ray listens on every interface" not in stderr
     listeners = []  # (address, the processes that hold the socket)
     for line in table.splitlines():
         local, users = line.split()[4], line.partition("users:")[2]

@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from vald.batch import internal_error
 from vald.cluster.bind import active, check_address
 from vald.cluster.executor import Outcome, Task
 from vald.cluster.worker import EngineWorker, WorkerSpec, node_name
-from vald.errors import BackendUnavailableError, ClusterError, ConfigError, ValdError
+from vald.errors import BackendUnavailableError, ClusterError, ConfigError, ValdError, ValdWarning
 
 MAX_WORKERS = 256
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -85,6 +86,13 @@ def connect(cluster: ClusterConfig) -> Any:
         raise ClusterError(f"cannot join {where}: {type(exc).__name__}: {first}") from None
     finally:
         _restore(handlers)
+    if cluster.bind is None:
+        warnings.warn(
+            "Ray listens on every interface of this machine while vald runs; give --cluster-bind "
+            "(the node: [cluster] bind) this machine's cluster address to keep it there (docs/cluster.md)",
+            ValdWarning,
+            stacklevel=2,
+        )
     return ray
 
 
