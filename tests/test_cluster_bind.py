@@ -46,9 +46,14 @@ print(json.dumps(out))
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs cc")
 
 
+def _env(tmp_path: Path, **more: str) -> dict[str, str]:
+    """A small environment whose vald cache (where libvald_bind is built) is under ``tmp_path``."""
+    return {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), **more}
+
+
 def _bound(tmp_path: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"), **env}
-    return subprocess.run([str(VALD), "bound", *argv], capture_output=True, text=True, env=environ, timeout=120)
+    argv_ = [str(VALD), "bound", *argv]
+    return subprocess.run(argv_, capture_output=True, text=True, env=_env(tmp_path, **env), timeout=120)
 
 
 def test_wildcard_listeners_land_on_the_address_and_explicit_ones_are_kept(tmp_path: Path) -> None:
@@ -110,7 +115,7 @@ def test_cluster_bind_needs_cluster_and_an_ipv4_address(tmp_path: Path) -> None:
 def test_the_driver_restarts_itself_under_the_library_before_it_reads_an_input(tmp_path: Path) -> None:
     """--cluster-bind on a cluster that is not there: the restarted driver (bound) reports the unreachable head."""
     pytest.importorskip("ray")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    env = _env(tmp_path)
     argv = [str(VALD), "run", str(tmp_path / "missing.png"), "--out", str(tmp_path / "o")]
     done = subprocess.run([*argv, "--cluster", "127.0.0.9:9", "--cluster-bind", "127.0.0.1"], env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
